@@ -1,0 +1,2 @@
+"""linfilt: class-wide machine unlearning by linear filtration."""
+__version__ = "0.1.0"

@@ -1,0 +1,3 @@
+from linfilt.cli import main
+
+raise SystemExit(main())
