@@ -9,6 +9,8 @@ import argparse
 import importlib
 import sys
 
+from linfilt.errors import LinfiltError
+
 # Subcommand modules under linfilt.cli, in the order `linfilt --help` lists them.
 COMMANDS = ()
 
@@ -27,6 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
+    except LinfiltError as exc:
+        print(f"linfilt {args.command}: error: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted; finished work is kept and a rerun resumes", file=sys.stderr)
         return 130
