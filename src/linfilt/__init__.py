@@ -1,2 +1,42 @@
 """linfilt: class-wide machine unlearning by linear filtration."""
+from linfilt.errors import (
+    CorruptFileError,
+    DataNotFoundError,
+    IllConditionedError,
+    LinfiltError,
+    ModelFormatError,
+)
+from linfilt.filtration import (
+    absorb,
+    apply_filtration,
+    check_forget,
+    filtration_matrix,
+    mean_logits,
+    retained_classes,
+)
+
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # `unlearn` needs torch: imported on first use, so numpy-only users don't pay torch's import.
+    if name == "unlearn":
+        from linfilt.pytorch import unlearn
+
+        return unlearn
+    raise AttributeError(f"module 'linfilt' has no attribute {name!r}")
+
+__all__ = [
+    "mean_logits",
+    "filtration_matrix",
+    "retained_classes",
+    "check_forget",
+    "apply_filtration",
+    "absorb",
+    "unlearn",
+    "LinfiltError",
+    "IllConditionedError",
+    "DataNotFoundError",
+    "CorruptFileError",
+    "ModelFormatError",
+]

@@ -1,0 +1,681 @@
+"""The paper's audit, computed from stored logits alone.
+
+Every function takes logits of a whole population, shaped (models, test_images, outputs), and the
+test set's ORIGINAL class ids. Output index i of a model with forget set C is the original class
+`retained_classes(k, C)[i]`; a model that forgot nothing has k outputs in class order.
+
+The attack (the paper's weak-unlearning test, PROTOCOL.md "The audit"): for each true class c,
+logit vectors of unlearned models on images of c are labelled 1, those of retrained models 0; the
+attack classifiers train on the vectors of one group of models and are scored on the vectors of
+the other group, so no model ever contributes to both sides. Advantage = 2 (accuracy - 1/2).
+
+Repeats re-draw the model split (a random permutation of each population's model indices; repeat
+0 may keep the paper's fixed "first 30% are test models" split) and the images. Their interval
+describes how much the advantage moves with the attack's split and samples for THESE two
+populations; it says nothing about how it would move with freshly trained populations.
+
+Randomness: one integer seed (or a Generator, from which one is drawn). Every (repeat, class)
+gets its own stream keyed by (seed, repeat, class id), so a class's numbers do not depend on
+which other classes are attacked, nor on `n_jobs`; and calls with the same seed on populations
+of the same shapes use the same splits and images, so two methods are compared pairwise.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+from joblib import Parallel, delayed
+from scipy import stats
+from sklearn.ensemble import AdaBoostClassifier, RandomForestClassifier
+from sklearn.neighbors import KNeighborsClassifier
+
+from linfilt.errors import LinfiltError
+from linfilt.filtration import retained_classes
+
+__all__ = [
+    "DEFAULT_CLASSIFIERS",
+    "AccuracyLoss",
+    "AttackResult",
+    "AttackSets",
+    "Estimate",
+    "LabelsChanged",
+    "PredictedDistribution",
+    "attack_advantage",
+    "difference",
+    "draw_attack_sets",
+    "estimate",
+    "floor_advantage",
+    "labels_changed",
+    "predicted_distribution",
+    "retained_accuracy_loss",
+]
+
+
+class Classifier(Protocol):
+    def fit(self, x: np.ndarray, y: np.ndarray) -> Any: ...
+
+    def predict(self, x: np.ndarray) -> np.ndarray: ...
+
+
+# name -> factory(seed) returning an unfitted classifier; the seed makes randomised ones repeatable.
+ClassifierFactory = Callable[[int], Classifier]
+
+
+def _nearest_neighbours(seed: int) -> Classifier:
+    return KNeighborsClassifier(5)
+
+
+def _random_forest(seed: int) -> Classifier:
+    return RandomForestClassifier(max_depth=5, n_estimators=10, random_state=seed)
+
+
+def _adaboost(seed: int) -> Classifier:
+    return AdaBoostClassifier(random_state=seed)
+
+
+# The paper's three attacks (column names of its tables), otherwise scikit-learn's defaults.
+DEFAULT_CLASSIFIERS: Mapping[str, ClassifierFactory] = {
+    "NN": _nearest_neighbours,
+    "RF": _random_forest,
+    "AB": _adaboost,
+}
+
+# Sample counts: one for every class, or {class id: count} naming every attacked class.
+Samples = int | Mapping[int, int]
+
+
+# ----------------------------------------------------------------------------- input checks
+
+
+def _population(name: str, logits: Any) -> np.ndarray:
+    arr = np.asarray(logits)
+    if arr.ndim != 3:
+        raise LinfiltError(
+            f"{name} must be logits shaped (models, test_images, outputs), got shape {arr.shape}"
+        )
+    if 0 in arr.shape:
+        raise LinfiltError(f"{name} is empty (shape {arr.shape}); it needs models, images and outputs")
+    if not np.issubdtype(arr.dtype, np.floating):
+        raise LinfiltError(f"{name} must hold floating-point logits, got dtype {arr.dtype}")
+    if not np.all(np.isfinite(arr)):
+        raise LinfiltError(f"{name} contains NaN or infinite logits; recompute them from the models")
+    return arr
+
+
+def _labels(labels: Any, n_images: int) -> np.ndarray:
+    arr = np.asarray(labels)
+    if arr.ndim != 1 or arr.shape[0] != n_images:
+        raise LinfiltError(
+            f"labels must be one class id per test image, shape ({n_images},), got shape {arr.shape}"
+        )
+    if not np.issubdtype(arr.dtype, np.integer):
+        raise LinfiltError(f"labels must be integer class ids, got dtype {arr.dtype}")
+    if n_images and arr.min() < 0:
+        raise LinfiltError("labels must be class ids >= 0")
+    return arr.astype(np.int64)
+
+
+def _same_images(first: np.ndarray, second: np.ndarray, names: tuple[str, str]) -> None:
+    if first.shape[1:] != second.shape[1:]:
+        raise LinfiltError(
+            f"{names[0]} {first.shape} and {names[1]} {second.shape} must have the same number of "
+            "test images and outputs: both are logits on the same test set, with the same classes kept"
+        )
+
+
+def _forget(forget: int | Iterable[int]) -> tuple[int, ...]:
+    ids = [forget] if isinstance(forget, (int, np.integer)) else list(forget)
+    out = tuple(sorted({int(c) for c in ids}))
+    if any(c < 0 for c in out):
+        raise LinfiltError(f"forget must hold class ids >= 0, got {out}")
+    return out
+
+
+def _output_classes(n_outputs: int, num_classes: int, forget: tuple[int, ...]) -> np.ndarray:
+    """Original class id of each output: k outputs for a full model, k - |C| for one without C."""
+    if any(c >= num_classes for c in forget):
+        raise LinfiltError(f"forget {list(forget)} names a class outside 0..{num_classes - 1}")
+    if n_outputs == num_classes:
+        return np.arange(num_classes)
+    if n_outputs == num_classes - len(forget):
+        return np.asarray(retained_classes(num_classes, forget), dtype=np.int64)
+    raise LinfiltError(
+        f"logits have {n_outputs} outputs, but a model of {num_classes} classes has {num_classes} "
+        f"(nothing forgotten) or {num_classes - len(forget)} (forget={list(forget)}); check "
+        "num_classes and forget"
+    )
+
+
+def _class_images(labels: np.ndarray, cls: int) -> np.ndarray:
+    idx = np.flatnonzero(labels == cls)
+    if idx.size == 0:
+        raise LinfiltError(
+            f"class {cls} has no test images; attack or evaluate only classes present in labels"
+        )
+    return idx
+
+
+def _count(samples: Samples, cls: int, name: str) -> int:
+    if isinstance(samples, Mapping):
+        if cls not in samples:
+            raise LinfiltError(f"{name} gives no sample count for class {cls}; name every attacked class")
+        value = samples[cls]
+    else:
+        value = samples
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise LinfiltError(f"{name} must be a positive integer per class, got {value!r} for class {cls}")
+    return int(value)
+
+
+def _split_sizes(n_models: int, test_fraction: float, name: str) -> int:
+    """Number of attack-test models: test_fraction of the population, rounded half up."""
+    n_test = int(np.floor(test_fraction * n_models + 0.5))
+    if n_test < 1 or n_test >= n_models:
+        raise LinfiltError(
+            f"{name} has {n_models} model(s): too few for a {1 - test_fraction:.0%}/{test_fraction:.0%} "
+            "split by model with at least one model on each side; train more models"
+        )
+    return n_test
+
+
+def _entropy(seed: int | np.random.Generator) -> int:
+    if isinstance(seed, np.random.Generator):
+        return int(seed.integers(2**63))
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise LinfiltError(f"seed must be an integer >= 0 or a numpy Generator, got {seed!r}")
+    return int(seed)
+
+
+# ----------------------------------------------------------------------------- sampling
+
+
+@dataclass(frozen=True)
+class AttackSets:
+    """One attack's data: rows are logit vectors, y = 1 for unlearned, 0 for retrained.
+
+    `model_*` is the model index within its own population and `image_*` the test-image index
+    of each row, so a caller can check where every row came from.
+    """
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    model_train: np.ndarray
+    image_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    model_test: np.ndarray
+    image_test: np.ndarray
+
+
+def _draw(
+    logits: np.ndarray,
+    models: np.ndarray,
+    pool: np.ndarray,
+    count: int,
+    replace: bool,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`count` images of `pool` per model, for all models at once: (vectors, model ids, image ids)."""
+    if replace:
+        draw = rng.integers(pool.size, size=(models.size, count))
+    elif count >= pool.size:
+        # Fewer images than asked for (AT&T: 10 per person): every image once per model.
+        draw = np.broadcast_to(np.arange(pool.size), (models.size, pool.size))
+    else:
+        # The `count` smallest of i.i.d. uniforms are a uniformly random subset, per row.
+        draw = np.argpartition(rng.random((models.size, pool.size)), count - 1, axis=1)[:, :count]
+    images = pool[draw]
+    vectors = logits[models[:, None], images]
+    return (
+        vectors.reshape(-1, logits.shape[2]),
+        np.repeat(models, images.shape[1]),
+        images.reshape(-1),
+    )
+
+
+def _attack_sets(
+    unlearned: np.ndarray,
+    retrained: np.ndarray,
+    images: np.ndarray,
+    orders: tuple[np.ndarray, np.ndarray],
+    n_tests: tuple[int, int],
+    counts: tuple[int, int],
+    replace: bool,
+    disjoint_images: bool,
+    test_fraction: float,
+    rng: np.random.Generator,
+) -> AttackSets:
+    if disjoint_images:
+        n_img_test = int(np.floor(test_fraction * images.size + 0.5))
+        if n_img_test < 1 or n_img_test >= images.size:
+            raise LinfiltError(
+                f"a class with {images.size} test image(s) cannot be split into disjoint attack "
+                "training and test images; use disjoint_images=False"
+            )
+        shuffled = rng.permutation(images)
+        pools = (shuffled[n_img_test:], shuffled[:n_img_test])
+    else:
+        pools = (images, images)
+    sides = []
+    for side in (0, 1):  # 0: attack training side, 1: attack test side
+        parts = []
+        for label, logits, order, n_test in ((1, unlearned, orders[0], n_tests[0]),
+                                             (0, retrained, orders[1], n_tests[1])):
+            models = order[n_test:] if side == 0 else order[:n_test]
+            x, m, i = _draw(logits, models, pools[side], counts[side], replace, rng)
+            parts.append((x, np.full(len(x), label, dtype=np.int64), m, i))
+        sides.append([np.concatenate(col) for col in zip(*parts)])
+    return AttackSets(*sides[0], *sides[1])
+
+
+def _orders(entropy: int, repeat: int, fixed_first: bool, sizes: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Model orders of both populations in one repeat; the first test_fraction are test models."""
+    if repeat == 0 and fixed_first:
+        return np.arange(sizes[0]), np.arange(sizes[1])
+    rng = np.random.default_rng([entropy, 0, repeat, 0])  # fixed-length keys: no two collide
+    return rng.permutation(sizes[0]), rng.permutation(sizes[1])
+
+
+def _class_rng(entropy: int, repeat: int, cls: int) -> np.random.Generator:
+    return np.random.default_rng([entropy, 1, repeat, cls])
+
+
+def draw_attack_sets(
+    unlearned: np.ndarray,
+    retrained: np.ndarray,
+    labels: np.ndarray,
+    cls: int,
+    *,
+    seed: int | np.random.Generator = 0,
+    repeat: int = 0,
+    fixed_first: bool = True,
+    test_fraction: float = 0.3,
+    train_samples: Samples = 150,
+    test_samples: Samples = 150,
+    replace: bool = False,
+    disjoint_images: bool = False,
+) -> AttackSets:
+    """The data that `attack_advantage`, with the same arguments, attacks for class `cls` in
+    repeat `repeat`: for inspecting an attack or running one of your own."""
+    unlearned = _population("unlearned", unlearned)
+    retrained = _population("retrained", retrained)
+    _same_images(unlearned, retrained, ("unlearned", "retrained"))
+    labels = _labels(labels, unlearned.shape[1])
+    _check_fraction(test_fraction)
+    n_tests = (
+        _split_sizes(unlearned.shape[0], test_fraction, "unlearned"),
+        _split_sizes(retrained.shape[0], test_fraction, "retrained"),
+    )
+    counts = (_count(train_samples, cls, "train_samples"), _count(test_samples, cls, "test_samples"))
+    entropy = _entropy(seed)
+    orders = _orders(entropy, repeat, fixed_first, (unlearned.shape[0], retrained.shape[0]))
+    return _attack_sets(unlearned, retrained, _class_images(labels, cls), orders, n_tests, counts,
+                        replace, disjoint_images, test_fraction, _class_rng(entropy, repeat, cls))
+
+
+def _check_fraction(test_fraction: float) -> None:
+    if not 0.0 < test_fraction < 1.0:
+        raise LinfiltError(f"test_fraction must lie strictly between 0 and 1, got {test_fraction}")
+
+
+# ----------------------------------------------------------------------------- intervals
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A statistic over repeats: its mean, a `level` interval, and repeat 0's value.
+
+    `fixed` is the value with the paper's fixed split when the attack kept it for repeat 0
+    (None otherwise). With one repeat there is no interval: low and high are NaN.
+    """
+
+    mean: float
+    low: float
+    high: float
+    fixed: float | None
+    repeats: int
+
+    def as_dict(self) -> dict[str, float | int | None]:
+        return {"mean": self.mean, "low": self.low, "high": self.high, "fixed": self.fixed,
+                "repeats": self.repeats}
+
+
+def estimate(
+    values: np.ndarray, *, interval: str = "percentile", level: float = 0.95, fixed: bool = False
+) -> Estimate:
+    """Mean of per-repeat `values` and an interval.
+
+    "percentile": the central `level` range of the repeats, i.e. where one run of the paper's
+    protocol on these populations lands; "t": a Student-t interval for the mean over repeats
+    (narrower; it shrinks with more repeats).
+    """
+    values = np.asarray(values, dtype=np.float64).reshape(-1)
+    if values.size == 0:
+        raise LinfiltError("an estimate needs at least one repeat")
+    if interval not in ("percentile", "t"):
+        raise LinfiltError(f"interval must be 'percentile' or 't', got {interval!r}")
+    if not 0.0 < level < 1.0:
+        raise LinfiltError(f"level must lie strictly between 0 and 1, got {level}")
+    mean = float(values.mean())
+    if values.size == 1:
+        low = high = float("nan")
+    elif interval == "percentile":
+        low, high = (float(v) for v in np.percentile(values, [50 * (1 - level), 50 * (1 + level)]))
+    else:
+        half = stats.t.ppf(0.5 + level / 2, values.size - 1) * values.std(ddof=1) / np.sqrt(values.size)
+        low, high = mean - float(half), mean + float(half)
+    return Estimate(mean, low, high, float(values[0]) if fixed else None, int(values.size))
+
+
+# ----------------------------------------------------------------------------- the attack
+
+
+@dataclass(frozen=True)
+class AttackResult:
+    """Advantages of every repeat, attacked class and classifier.
+
+    `advantages[r, i, j]` is repeat r, class `classes[i]`, classifier `classifiers[j]`.
+    """
+
+    advantages: np.ndarray
+    classes: tuple[int, ...]
+    classifiers: tuple[str, ...]
+    forget: tuple[int, ...]
+    fixed_first: bool
+    interval: str
+    level: float
+    seed: int
+
+    def _mean_over(self, chosen: Callable[[int], bool]) -> np.ndarray:
+        cols = [i for i, c in enumerate(self.classes) if chosen(c)]
+        if not cols:
+            return np.full(self.advantages[:, 0, :].shape, np.nan)
+        return self.advantages[:, cols, :].mean(axis=1)
+
+    def forgotten(self) -> np.ndarray:
+        """(repeats, classifiers): mean advantage over the attacked forgotten classes (NaN if none)."""
+        return self._mean_over(lambda c: c in self.forget)
+
+    def retained(self) -> np.ndarray:
+        """(repeats, classifiers): mean advantage over the attacked retained classes (NaN if none)."""
+        return self._mean_over(lambda c: c not in self.forget)
+
+    def summary(self) -> dict[str, Any]:
+        """{"forgotten"|"retained": {classifier: Estimate}, "per_class": {class: {classifier: Estimate}}};
+        a group with no attacked class is left out."""
+
+        def row(values: np.ndarray) -> dict[str, Estimate]:
+            return {name: estimate(values[:, j], interval=self.interval, level=self.level,
+                                   fixed=self.fixed_first)
+                    for j, name in enumerate(self.classifiers)}
+
+        out: dict[str, Any] = {}
+        for group, values in (("forgotten", self.forgotten()), ("retained", self.retained())):
+            if not np.isnan(values).all():
+                out[group] = row(values)
+        out["per_class"] = {c: row(self.advantages[:, i, :]) for i, c in enumerate(self.classes)}
+        return out
+
+
+def _run_attack(
+    sets: AttackSets, classifiers: Mapping[str, ClassifierFactory], seed: int
+) -> np.ndarray:
+    """Advantage of each classifier; balanced accuracy, which is plain accuracy when both
+    populations contribute equally (the paper's setting) and keeps 1/2 as chance otherwise."""
+    out = np.empty(len(classifiers))
+    for j, factory in enumerate(classifiers.values()):
+        clf = factory(seed)
+        clf.fit(sets.x_train, sets.y_train)
+        hit = np.asarray(clf.predict(sets.x_test)) == sets.y_test
+        accuracy = 0.5 * (hit[sets.y_test == 1].mean() + hit[sets.y_test == 0].mean())
+        out[j] = 2.0 * (accuracy - 0.5)
+    return out
+
+
+def attack_advantage(
+    unlearned: np.ndarray,
+    retrained: np.ndarray,
+    labels: np.ndarray,
+    forget: int | Iterable[int],
+    *,
+    classes: Iterable[int] | None = None,
+    classifiers: Mapping[str, ClassifierFactory] | None = None,
+    repeats: int = 1,
+    seed: int | np.random.Generator = 0,
+    fixed_first: bool = True,
+    test_fraction: float = 0.3,
+    train_samples: Samples = 150,
+    test_samples: Samples = 150,
+    replace: bool = False,
+    disjoint_images: bool = False,
+    interval: str = "percentile",
+    level: float = 0.95,
+    n_jobs: int = 1,
+    progress: Callable[[], None] | None = None,
+) -> AttackResult:
+    """The paper's attack advantage of `unlearned` vs `retrained` models, per true class.
+
+    unlearned (M1, n, k') and retrained (M2, n, k'): logits on the same n test images; labels (n,)
+    their original class ids; forget: the forgotten class ids (their images are attacked too).
+    classes: the true classes to attack (default: every class in labels).
+
+    Per class c and repeat, the first `test_fraction` of each population's model order (rounded
+    half up; repeat 0 keeps index order when `fixed_first`, later repeats permute it) are the
+    attack's test models, the rest its training models. Each training model gives
+    `train_samples` images of c, each test model `test_samples`: without replacement within a
+    model, independently for every model, so one image may appear through different models on
+    both sides (the paper's reading; `disjoint_images=True` instead splits c's images
+    `test_fraction` / rest between the sides). When c has fewer images than asked for, each model
+    gives every image once; `replace=True` draws with replacement instead, always.
+    classifiers: name -> factory(seed) (default `DEFAULT_CLASSIFIERS`); n_jobs runs (repeat, class)
+    tasks in parallel without changing any number; progress() is called after each task.
+    """
+    unlearned = _population("unlearned", unlearned)
+    retrained = _population("retrained", retrained)
+    _same_images(unlearned, retrained, ("unlearned", "retrained"))
+    labels = _labels(labels, unlearned.shape[1])
+    forget_t = _forget(forget)
+    _check_fraction(test_fraction)
+    if isinstance(repeats, bool) or not isinstance(repeats, (int, np.integer)) or repeats < 1:
+        raise LinfiltError(f"repeats must be a positive integer, got {repeats!r}")
+    estimate(np.zeros(1), interval=interval, level=level)  # validates interval and level up front
+    classifiers = dict(DEFAULT_CLASSIFIERS if classifiers is None else classifiers)
+    if not classifiers:
+        raise LinfiltError("classifiers is empty; give at least one name -> factory(seed)")
+    chosen = tuple(int(c) for c in np.unique(labels)) if classes is None else tuple(int(c) for c in classes)
+    if not chosen:
+        raise LinfiltError("no class to attack; labels or classes is empty")
+    if len(set(chosen)) != len(chosen):
+        raise LinfiltError(f"classes names a class twice: {chosen}")
+    if classes is None:
+        missing = [c for c in forget_t if c not in chosen]
+        if missing:
+            raise LinfiltError(
+                f"forgotten class(es) {missing} have no test images; the attack needs them "
+                "(or name the classes to attack explicitly)"
+            )
+    images = {c: _class_images(labels, c) for c in chosen}
+    counts = {c: (_count(train_samples, c, "train_samples"), _count(test_samples, c, "test_samples"))
+              for c in chosen}
+    n_tests = (
+        _split_sizes(unlearned.shape[0], test_fraction, "unlearned"),
+        _split_sizes(retrained.shape[0], test_fraction, "retrained"),
+    )
+    entropy = _entropy(seed)
+
+    def tasks():
+        for r in range(repeats):
+            orders = _orders(entropy, r, fixed_first, (unlearned.shape[0], retrained.shape[0]))
+            for c in chosen:
+                rng = _class_rng(entropy, r, c)
+                sets = _attack_sets(unlearned, retrained, images[c], orders, n_tests, counts[c],
+                                    replace, disjoint_images, test_fraction, rng)
+                yield sets, int(rng.integers(2**31 - 1))
+
+    results = []
+    for row in Parallel(n_jobs=n_jobs, return_as="generator")(
+        delayed(_run_attack)(sets, classifiers, clf_seed) for sets, clf_seed in tasks()
+    ):
+        results.append(row)
+        if progress is not None:
+            progress()
+    advantages = np.asarray(results).reshape(repeats, len(chosen), len(classifiers))
+    return AttackResult(advantages, chosen, tuple(classifiers), forget_t, fixed_first, interval,
+                        level, entropy)
+
+
+def floor_advantage(
+    retrained: np.ndarray, retrained2: np.ndarray, labels: np.ndarray, forget: int | Iterable[int], **kwargs: Any
+) -> AttackResult:
+    """The floor: a second, independent retrained population (labelled 1, in the unlearned
+    models' place) attacked against the first (labelled 0), on the same protocol and keywords as
+    `attack_advantage`. What an attack finds here is noise of finite populations and samples."""
+    return attack_advantage(retrained2, retrained, labels, forget, **kwargs)
+
+
+def difference(first: AttackResult, second: AttackResult) -> dict[str, Any]:
+    """Paired per-repeat difference first - second, summarised like `AttackResult.summary`.
+
+    Both must come from the same seed, repeats and classes (hence the same model splits and
+    images when the populations have equal shapes), so the split's noise largely cancels.
+    """
+    same = (first.seed == second.seed and first.classes == second.classes
+            and first.classifiers == second.classifiers and first.forget == second.forget
+            and first.advantages.shape == second.advantages.shape
+            and first.fixed_first == second.fixed_first)
+    if not same:
+        raise LinfiltError(
+            "difference needs two attacks run with the same seed, repeats, classes, classifiers "
+            "and forget set; rerun one of them with the other's settings"
+        )
+    return AttackResult(first.advantages - second.advantages, first.classes, first.classifiers,
+                        first.forget, first.fixed_first, first.interval, first.level,
+                        first.seed).summary()
+
+
+# ----------------------------------------------------------------------------- accuracy, labels
+
+
+@dataclass(frozen=True)
+class AccuracyLoss:
+    """Per model: accuracy (fraction) and mean softmax cross-entropy on retained-class images."""
+
+    accuracy: np.ndarray
+    loss: np.ndarray
+
+    def summary(self) -> dict[str, float]:
+        """Mean and standard deviation over models (ddof=0, numpy's default)."""
+        return {"accuracy_mean": float(self.accuracy.mean()), "accuracy_std": float(self.accuracy.std()),
+                "loss_mean": float(self.loss.mean()), "loss_std": float(self.loss.std())}
+
+
+def _log_softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits.astype(np.float64)
+    z -= z.max(axis=-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+
+
+def retained_accuracy_loss(
+    logits: np.ndarray, labels: np.ndarray, num_classes: int, forget: int | Iterable[int]
+) -> AccuracyLoss:
+    """Tables 8 and 10: accuracy and cross-entropy on the test images of retained classes only.
+
+    logits (M, n, k'): k' = k - |forget| for unlearned or retrained models (softmax over the
+    remaining logits), or k' = k for the model before unlearning (softmax over all k, so
+    predicting a forgotten class counts as an error).
+    """
+    logits = _population("logits", logits)
+    labels = _labels(labels, logits.shape[1])
+    forget_t = _forget(forget)
+    outputs = _output_classes(logits.shape[2], num_classes, forget_t)
+    keep = np.flatnonzero(~np.isin(labels, forget_t))
+    if keep.size == 0:
+        raise LinfiltError("no test image of a retained class; check labels and forget")
+    position = np.full(max(num_classes, int(labels.max()) + 1), -1)
+    position[outputs] = np.arange(outputs.size)
+    target = position[labels[keep]]
+    if (target < 0).any():
+        raise LinfiltError(f"labels hold class ids outside 0..{num_classes - 1}; check num_classes")
+    logp = _log_softmax(logits[:, keep, :])
+    loss = -np.take_along_axis(logp, target[None, :, None], axis=2)[..., 0].mean(axis=1)
+    accuracy = (logp.argmax(axis=2) == target[None, :]).mean(axis=1)
+    return AccuracyLoss(accuracy, loss)
+
+
+@dataclass(frozen=True)
+class LabelsChanged:
+    """Table 6, per model: share of predictions differing from the naive method's, over all test
+    images, over images of the forgotten classes, and over retained-class images that naive
+    predicts correctly (NaN for a model with no such image)."""
+
+    all: np.ndarray
+    unlearned: np.ndarray
+    correct: np.ndarray
+
+    def summary(self) -> dict[str, float]:
+        """Means over models (fractions; the paper prints percent)."""
+        return {"all": float(self.all.mean()), "unlearned": float(self.unlearned.mean()),
+                "correct": float(np.nanmean(self.correct))}
+
+
+def labels_changed(
+    logits: np.ndarray, naive_logits: np.ndarray, labels: np.ndarray, num_classes: int, forget: int | Iterable[int]
+) -> LabelsChanged:
+    """Table 6 for one method against naive; model i of both comes from the same full model."""
+    logits = _population("logits", logits)
+    naive_logits = _population("naive_logits", naive_logits)
+    if logits.shape != naive_logits.shape:
+        raise LinfiltError(
+            f"logits {logits.shape} and naive_logits {naive_logits.shape} must have the same shape: "
+            "the same full models, filtered by two methods"
+        )
+    labels = _labels(labels, logits.shape[1])
+    forget_t = _forget(forget)
+    if not forget_t:
+        raise LinfiltError("forget is empty; labels changed vs naive needs the forgotten classes")
+    outputs = _output_classes(logits.shape[2], num_classes, forget_t)
+    pred = logits.argmax(axis=2)
+    naive = naive_logits.argmax(axis=2)
+    changed = pred != naive
+    in_forget = np.isin(labels, forget_t)
+    if not in_forget.any():
+        raise LinfiltError(f"no test image of the forgotten classes {list(forget_t)}; check labels")
+    correct = (outputs[naive] == labels[None, :]) & ~in_forget[None, :]
+    n_correct = correct.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        share_correct = np.where(n_correct > 0, (changed & correct).sum(axis=1) / n_correct, np.nan)
+    return LabelsChanged(changed.mean(axis=1), changed[:, in_forget].mean(axis=1), share_correct)
+
+
+@dataclass(frozen=True)
+class PredictedDistribution:
+    """Figure 3, per model over the outputs `classes` (original ids): `probabilities` is the mean
+    softmax over the class' images (the paper's "probability distribution predicted"),
+    `shares` the fraction of those images whose argmax is each output."""
+
+    classes: np.ndarray
+    probabilities: np.ndarray
+    shares: np.ndarray
+
+    def summary(self) -> dict[str, np.ndarray]:
+        """Mean and standard deviation over models (ddof=0) of both, per output."""
+        return {"probabilities_mean": self.probabilities.mean(axis=0),
+                "probabilities_std": self.probabilities.std(axis=0),
+                "shares_mean": self.shares.mean(axis=0), "shares_std": self.shares.std(axis=0)}
+
+
+def predicted_distribution(
+    logits: np.ndarray, labels: np.ndarray, cls: int, num_classes: int, forget: int | Iterable[int]
+) -> PredictedDistribution:
+    """Figure 3: what the models predict for the test images of class `cls` (the forgotten one)."""
+    logits = _population("logits", logits)
+    labels = _labels(labels, logits.shape[1])
+    outputs = _output_classes(logits.shape[2], num_classes, _forget(forget))
+    idx = _class_images(labels, int(cls))
+    part = logits[:, idx, :]
+    probabilities = np.exp(_log_softmax(part)).mean(axis=1)
+    pred = part.argmax(axis=2)
+    shares = (pred[:, :, None] == np.arange(part.shape[2])).mean(axis=1)
+    return PredictedDistribution(outputs, probabilities, shares)

@@ -1,0 +1,68 @@
+"""`linfilt data list` (what is found where, verified or not) and `linfilt data verify [NAME]`."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from linfilt.data import NAMES
+from linfilt.data import cache as array_cache
+from linfilt.data.loader import not_found_error, spec_for
+from linfilt.data.locate import cache_root, find, search_dirs
+from linfilt.data.verify import is_verified, verify
+from linfilt.errors import LinfiltError
+
+_FILE_BASED = tuple(n for n in NAMES if n != "digits")
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("data", help="find and verify the data sets")
+    sub = parser.add_subparsers(dest="data_command", required=True)
+    p_list = sub.add_parser("list", help="show where each data set is found, and whether it is verified")
+    p_verify = sub.add_parser("verify", help="check data files against their canonical checksums")
+    p_verify.add_argument("name", nargs="?", choices=_FILE_BASED, help="one data set (default: each one found)")
+    for p in (p_list, p_verify):
+        p.add_argument("--root", help="a data folder to look in first")
+    p_list.set_defaults(func=run_list)
+    p_verify.set_defaults(func=run_verify)
+
+
+def run_list(args: argparse.Namespace) -> int:
+    cache = cache_root()
+    for name in NAMES:
+        if name == "digits":
+            print(f"{name:<10} bundled with scikit-learn")
+            continue
+        loc = find(spec_for(name), args.root)
+        if loc is None:
+            hint = f"downloaded on first load; `linfilt data verify {name}` says where files may go"
+            print(f"{name:<10} not found ({hint})")
+            continue
+        status = "verified" if is_verified(loc, cache) else "not verified yet"
+        entry = array_cache.entry_dir(name, loc, cache)
+        decoded = ", decoded arrays cached" if (entry / "meta.json").is_file() else ""
+        print(f"{name:<10} {loc.dir}  [{loc.layout.fmt}, {loc.origin}]  {status}{decoded}")
+    print("data folders searched, in order:")
+    for path, origin in search_dirs(args.root):
+        print(f"    {path}  ({origin})")
+    print(f"cache: {cache}")
+    return 0
+
+
+def run_verify(args: argparse.Namespace) -> int:
+    failed = False
+    for name in [args.name] if args.name else _FILE_BASED:
+        spec = spec_for(name)
+        try:
+            loc = find(spec, args.root)
+            if loc is None and not args.name:
+                print(f"{name:<10} not found, nothing to verify")
+                continue
+            if loc is None:
+                raise not_found_error(spec, args.root, None, "nothing to verify")
+            verify(loc, cache_root(), spec.tree_sha256, force=True)
+        except LinfiltError as exc:
+            print(f"linfilt data verify: {name}: error: {exc}", file=sys.stderr)
+            failed = True
+            continue
+        print(f"{name:<10} OK: {len(loc.layout.files)} files match their canonical checksums in {loc.dir}")
+    return 2 if failed else 0

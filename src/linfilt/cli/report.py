@@ -1,0 +1,21 @@
+"""`linfilt report ARTEFACT...`: rebuild the report from cached results, without training."""
+from __future__ import annotations
+
+import argparse
+
+from linfilt.cli.reproduce import add_scale_arguments
+
+
+def register(sub) -> None:
+    p = sub.add_parser("report", help="rebuild report.md from cached results (no training)")
+    add_scale_arguments(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from linfilt.experiments.reproduce import reproduce
+
+    report = reproduce(args.artifacts, args.out, models=args.models, epochs=args.epochs,
+                       repeats=args.repeats, device=args.device, train=False)
+    print(f"report written to {report}")
+    return 0

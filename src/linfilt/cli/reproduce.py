@@ -1,0 +1,32 @@
+"""`linfilt reproduce ARTEFACT...`: train (cached), unlearn, audit, and write the report."""
+from __future__ import annotations
+
+import argparse
+
+
+def add_scale_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("artifacts", nargs="+", metavar="ARTEFACT",
+                   help="table1 .. table10, figure1, figure3, figure5, figure6, or all")
+    p.add_argument("--models", type=int, help="models per population (paper: 100)")
+    p.add_argument("--epochs", type=int, help="training epochs (paper: PROTOCOL.md's per data set)")
+    p.add_argument("--repeats", type=int, help="attack repeats behind each interval (default 5)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument("--out", default="runs", help="results folder (default ./runs)")
+
+
+def register(sub) -> None:
+    p = sub.add_parser("reproduce", help="reproduce the paper's tables and figures",
+                       description="Train the populations (cached, resumable), unlearn them from their "
+                                   "stored logits, run the audit and write <out>/report.md.")
+    add_scale_arguments(p)
+    p.add_argument("--jobs", type=int, default=1, help="parallel attack fits (default 1)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from linfilt.experiments.reproduce import reproduce
+
+    report = reproduce(args.artifacts, args.out, models=args.models, epochs=args.epochs,
+                       repeats=args.repeats, device=args.device, n_jobs=args.jobs)
+    print(f"report written to {report}")
+    return 0

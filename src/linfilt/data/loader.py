@@ -1,0 +1,117 @@
+"""`load(name)`: find the files, verify them once, decode them once, and serve the cached arrays."""
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from linfilt.data import cache as array_cache
+from linfilt.data import cifar, idx, pgm
+from linfilt.data.catalog import ATT_CLASSES, MNIST_CLASSES, NAMES, SPECS, Spec
+from linfilt.data.dataset import Dataset
+from linfilt.data.digits import load_digits
+from linfilt.data.download import Opener, download as fetch_spec
+from linfilt.data.locate import Location, cache_root, find, search_dirs
+from linfilt.data.verify import verify
+from linfilt.errors import CorruptFileError, DataNotFoundError, LinfiltError
+
+_ATT_SHAPE = (112, 92)
+
+
+def spec_for(name: str) -> Spec:
+    if name not in SPECS:
+        raise LinfiltError(f"unknown data set {name!r}; choose one of {', '.join(NAMES)}")
+    return SPECS[name]
+
+
+def _listing(spec: Spec) -> str:
+    rels = [f"{spec.layouts[0].subdir}/{f.rel}" for f in spec.layouts[0].files]
+    if len(rels) > 10:
+        rels = [rels[0], rels[1], "...", rels[-1], f"({len(rels)} files)"]
+    return "\n".join(f"    {r}" for r in rels)
+
+
+def not_found_error(spec: Spec, root, cache_dir, reason: str) -> DataNotFoundError:
+    """The one error for absent data: what is expected, where it was looked for, where to get it."""
+    searched = "\n".join(f"    {p}  ({origin})" for p, origin in search_dirs(root, cache_dir))
+    others = "; ".join(f"{lay.subdir or '.'}/ ({lay.note or lay.fmt})" for lay in spec.layouts[1:])
+    urls = "\n".join(f"    {s.urls[0]}" + (" (extract it)" if s.archive else "") for s in spec.sources)
+    return DataNotFoundError(
+        f"{spec.name} not found ({reason}).\n"
+        f"Expected files, relative to a data folder:\n{_listing(spec)}\n"
+        f"Data folders searched, in this order (pass root= or set LINFILT_DATA to add one):\n{searched}\n"
+        f"Also accepted inside a data folder: {others}.\n"
+        f"Download from:\n{urls}"
+    )
+
+
+def _obtain(spec: Spec, root, cache_dir, allow_download: bool, opener, progress: bool) -> Location:
+    if not allow_download:
+        raise not_found_error(spec, root, cache_dir, "downloading is switched off")
+    target = Path(root).expanduser() if root is not None else cache_root(cache_dir) / "data"
+    try:
+        folder = fetch_spec(spec, target, opener, progress)
+    except OSError as exc:
+        raise not_found_error(spec, root, cache_dir, f"downloading failed: {exc}") from None
+    return Location(folder, spec.layouts[0], "downloaded")
+
+
+def _decode(name: str, loc: Location) -> Dataset:
+    """Parse the verified files into arrays (nothing is written here)."""
+    paths = loc.paths()
+    fmt = loc.layout.fmt
+    if fmt in ("idx-gz", "idx"):
+        x_train, y_train = idx.read_images(paths[0]), idx.read_labels(paths[1])
+        x_test, y_test = idx.read_images(paths[2]), idx.read_labels(paths[3])
+        classes = MNIST_CLASSES
+    elif fmt in ("cifar-bin", "cifar-py"):
+        classes = (cifar.read_bin_meta if fmt == "cifar-bin" else cifar.read_py_meta)(paths[0])
+        rels = [f.rel for f in loc.layout.files]
+        x_train, y_train = cifar.read_split(loc.dir, fmt, rels[1:6])
+        x_test, y_test = cifar.read_split(loc.dir, fmt, rels[6:7])
+    else:  # pgm: person X image Y in order s1/1 .. s40/10; every image is both train and test
+        x_train = np.stack([pgm.read_pgm(p, _ATT_SHAPE) for p in paths])[..., None]
+        y_train = np.repeat(np.arange(len(ATT_CLASSES), dtype=np.int64), 10)
+        x_test, y_test, classes = x_train.copy(), y_train.copy(), ATT_CLASSES
+    for x, y, part in ((x_train, y_train, "train"), (x_test, y_test, "test")):
+        if len(x) != len(y):
+            raise CorruptFileError(f"{name} in {loc.dir}: {len(x)} {part} images but {len(y)} labels")
+    return Dataset(name, x_train, y_train, x_test, y_test, tuple(classes), f"{loc.dir} ({fmt})")
+
+
+def load(
+    name: str,
+    root: str | os.PathLike | None = None,
+    *,
+    cache_dir: str | os.PathLike | None = None,
+    download: bool = True,
+    opener: Opener | None = None,
+    progress: bool = True,
+) -> Dataset:
+    """Load "mnist", "cifar10", "att_faces" or "digits" as uint8 (N, H, W, C) images and int64 labels.
+
+    Files are looked for in `root`, then $LINFILT_DATA, then `../shared/data` beside the checkout,
+    then the user cache (`cache_dir`, $LINFILT_CACHE, or ~/.cache/linfilt) under `data/`; absent files
+    are downloaded (when `download`) into `root` or the user cache. Files are checked against their
+    canonical checksums once; decoded arrays are cached and returned memory-mapped copy-on-write.
+    AT&T faces has no split: all 400 images are both train and test (see `att_split`).
+    """
+    if name == "digits":
+        return load_digits()
+    spec = spec_for(name)
+    cache = cache_root(cache_dir)
+    location = find(spec, root, cache_dir) or _obtain(spec, root, cache_dir, download, opener, progress)
+    verify(location, cache, spec.tree_sha256)
+    entry = array_cache.entry_dir(name, location, cache)
+    cached = array_cache.read(entry, name)
+    if cached is not None:
+        return cached
+    dataset = _decode(name, location)
+    try:
+        array_cache.write(entry, dataset)
+    except OSError as exc:  # an unwritable cache costs speed, not correctness
+        warnings.warn(f"could not cache {name} in {entry} ({exc}); the next load decodes it again")
+        return dataset
+    return array_cache.read(entry, name) or dataset

@@ -1,0 +1,150 @@
+"""Run one experiment: train (or load) its populations, unlearn every seen model from its stored
+logits, audit, and keep every number in `metrics.json`.
+
+Storage: `<out>/<experiment>/<digest>/` holds `experiment.json` (exactly what was run),
+`attacks/<row>.json` (one per audited row, written as it finishes, so a killed run resumes at the
+next row) and `metrics.json`; the populations live beside it under their own config hashes.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from linfilt import audit
+from linfilt.atomic import write_json
+from linfilt.data import load
+from linfilt.experiments.spec import Experiment, parse_method
+from linfilt.filtration import filtration_matrix, mean_logits, retained_classes
+from linfilt.population import train_populations
+
+
+def unlearn_population(seen: np.ndarray, labels: np.ndarray, forget: tuple[int, ...], method: str,
+                       per_class: int | None = None, seed: int = 0) -> np.ndarray:
+    """Filter a whole population's logits (M, n, k) -> (M, n, k - |C|): model m's A is estimated
+    from its own logits (all test images, or the first `per_class` of each class, PROTOCOL.md),
+    and the M filtrations are applied as one batched product. `seed` drives randomization (one
+    independent z per model)."""
+    k = seen.shape[2]
+    rngs = np.random.default_rng(seed).spawn(len(seen))
+    F = np.stack([filtration_matrix(mean_logits(logits, labels, k, per_class=per_class), forget,
+                                    method, rng=rng) for logits, rng in zip(seen, rngs)])
+    return np.matmul(seen, F.transpose(0, 2, 1).astype(seen.dtype))
+
+
+def _attack_json(result: audit.AttackResult) -> dict[str, Any]:
+    return {"advantages": result.advantages.tolist(), "classes": list(result.classes),
+            "classifiers": list(result.classifiers), "forget": list(result.forget),
+            "fixed_first": result.fixed_first, "interval": result.interval, "level": result.level,
+            "seed": result.seed}
+
+
+def attack_from_json(d: dict[str, Any]) -> audit.AttackResult:
+    return audit.AttackResult(np.asarray(d["advantages"]), tuple(d["classes"]), tuple(d["classifiers"]),
+                              tuple(d["forget"]), d["fixed_first"], d["interval"], d["level"], d["seed"])
+
+
+def _summary(summary: dict[str, Any]) -> dict[str, Any]:
+    """AttackResult.summary() as JSON: Estimates as dicts, class ids as strings."""
+    def conv(v):
+        if isinstance(v, audit.Estimate):
+            return v.as_dict()
+        if isinstance(v, dict):
+            return {str(key): conv(val) for key, val in v.items()}
+        return v
+    return conv(summary)
+
+
+def result_dir(exp: Experiment, out: str | Path, device: str) -> Path:
+    return Path(out) / exp.name / f"{exp.digest()}-{device.split(':')[0]}"
+
+
+def run_experiment(exp: Experiment, out: str | Path = "runs", device: str = "cpu", n_jobs: int = 1,
+                   progress: bool = True) -> dict[str, Any]:
+    """Every number of `exp`, computed or read from a finished earlier run; see module doc."""
+    root = result_dir(exp, out, device)
+    metrics_path = root / "metrics.json"
+    if metrics_path.is_file():
+        return json.loads(metrics_path.read_text())
+    write_json(root / "experiment.json", dataclasses.asdict(exp))
+
+    data = load(exp.dataset)
+    labels = np.asarray(data.y_test)
+    k = len(data.classes)
+    forget = tuple(exp.forget)
+    kept = retained_classes(k, forget)
+
+    started = time.perf_counter()
+    pops = ("seen", "notseen", "transfer") if exp.transfer else ("seen", "notseen")
+    logits = train_populations(exp.population(device), pops, data=data, out=out,
+                               experiment=exp.name, progress=progress)
+    # The floor: a second retrained population, independent through its own seed.
+    notseen2 = train_populations(exp.population(device, seed=exp.seed + 1), ("notseen",), data=data,
+                                 out=out, experiment=exp.name, progress=progress)["notseen"]
+    train_seconds = time.perf_counter() - started
+
+    started = time.perf_counter()
+    unlearned = {}
+    for label in exp.methods:
+        method, s = parse_method(label)
+        unlearned[label] = unlearn_population(logits["seen"], labels, forget, method, s, seed=exp.seed)
+    unlearn_seconds = time.perf_counter() - started
+
+    rows = {**unlearned}
+    if exp.transfer:
+        rows["transfer"] = logits["transfer"]
+    rows["floor"] = notseen2
+    samples = exp.samples(k)
+    attacks: dict[str, audit.AttackResult] = {}
+    started = time.perf_counter()
+    bar = tqdm(total=len(rows) * exp.repeats * k, desc=f"{exp.name}: audit", unit="attack",
+               disable=not progress)
+    for row, row_logits in rows.items():
+        path = root / "attacks" / f"{row}.json"
+        if path.is_file():
+            attacks[row] = attack_from_json(json.loads(path.read_text()))
+            bar.update(exp.repeats * k)
+            continue
+        attacks[row] = audit.attack_advantage(
+            row_logits, logits["notseen"], labels, forget, repeats=exp.repeats, seed=exp.seed,
+            train_samples=samples, test_samples=samples, n_jobs=n_jobs, progress=lambda: bar.update())
+        write_json(path, _attack_json(attacks[row]))
+    bar.close()
+    audit_seconds = time.perf_counter() - started
+
+    naive = unlearned.get("naive")
+    accuracy = {"before": logits["seen"], "retrained": logits["notseen"], **unlearned}
+    if exp.transfer:
+        accuracy["transfer"] = logits["transfer"]
+    distributions = {"retrained": logits["notseen"], **unlearned}
+    if exp.transfer:
+        distributions["transfer"] = logits["transfer"]
+
+    metrics = {
+        "experiment": dataclasses.asdict(exp),
+        "device": device,
+        "classes": list(data.classes),
+        "kept": kept.tolist(),
+        "advantage": {row: _summary(res.summary()) for row, res in attacks.items()},
+        "attacks": {row: _attack_json(res) for row, res in attacks.items()},
+        "difference_vs_naive": ({row: _summary(audit.difference(res, attacks["naive"]))
+                                 for row, res in attacks.items() if row not in ("naive", "floor")}
+                                if "naive" in attacks else {}),
+        "accuracy": {row: audit.retained_accuracy_loss(l, labels, k, forget).summary()
+                     for row, l in accuracy.items()},
+        "labels_changed": ({row: audit.labels_changed(l, naive, labels, k, forget).summary()
+                            for row, l in unlearned.items() if row != "naive"}
+                           if naive is not None else {}),
+        "distribution": {row: {key: np.asarray(v).tolist() for key, v in
+                               audit.predicted_distribution(l, labels, forget[0], k, forget).summary().items()}
+                         for row, l in distributions.items()},
+        "seconds": {"train_or_load": train_seconds, "unlearn_population": unlearn_seconds,
+                    "audit": audit_seconds},
+    }
+    write_json(metrics_path, metrics)
+    return metrics

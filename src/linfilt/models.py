@@ -1,0 +1,151 @@
+"""The paper's architectures as ordinary PyTorch modules.
+
+Every model takes float32 NCHW input in [0, 1] and ends in an `nn.Linear` named `head`, so that
+`linfilt.unlearn` can filter it. Layer choices follow the authors' Keras setup where that changes
+what is learnt: valid padding in the CIFAR-10 CNN, Glorot-uniform weights with zero biases, and
+Keras' BatchNorm constants (momentum 0.99, i.e. PyTorch momentum 0.01, epsilon 1e-3).
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+from torch import nn
+
+from linfilt.errors import LinfiltError
+
+# Keras BatchNormalization defaults (its momentum 0.99 is the weight of the old running value).
+BN_EPS = 1e-3
+BN_MOMENTUM = 0.01
+
+
+class GlobalMaxPool(nn.Module):
+    """Max over the spatial dimensions: (N, C, H, W) -> (N, C)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.amax(dim=(2, 3))
+
+
+class MLP(nn.Module):
+    """Flatten -> Dense(h, activation) for each h in `hidden` -> Dense(num_classes)."""
+
+    def __init__(self, in_features: int, num_classes: int, hidden: tuple[int, ...] = (50,),
+                 activation: str = "relu") -> None:
+        super().__init__()
+        if activation not in ("relu", "sigmoid"):
+            raise LinfiltError(f"mlp activation must be 'relu' or 'sigmoid', not {activation!r}")
+        act = nn.ReLU if activation == "relu" else nn.Sigmoid
+        layers: list[nn.Module] = [nn.Flatten()]
+        width = in_features
+        for h in hidden:
+            layers += [nn.Linear(width, h), act()]
+            width = h
+        self.body = nn.Sequential(*layers)
+        self.head = nn.Linear(width, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x))
+
+
+class CifarCNN(nn.Module):
+    """Conv(16,3x3,valid) -> pool -> Conv(32,3x3,valid) -> pool -> Dense(p) -> Dense(num_classes)."""
+
+    def __init__(self, num_classes: int = 10, p: int = 256, in_channels: int = 3) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(in_channels, 16, 3), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(16, 32, 3), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Flatten(), nn.Linear(32 * 6 * 6, p), nn.ReLU(),
+        )
+        self.head = nn.Linear(p, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x))
+
+
+class ResidualBlock(nn.Module):
+    """Downsampling block: two 3x3 convs (the first strided) with BatchNorm; strided 3x3 conv shortcut."""
+
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride=2, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout, eps=BN_EPS, momentum=BN_MOMENTUM)
+        self.relu1 = nn.ReLU()
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout, eps=BN_EPS, momentum=BN_MOMENTUM)
+        self.short_conv = nn.Conv2d(cin, cout, 3, stride=2, padding=1, bias=False)
+        self.short_bn = nn.BatchNorm2d(cout, eps=BN_EPS, momentum=BN_MOMENTUM)
+        self.relu2 = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.bn2(self.conv2(self.relu1(self.bn1(self.conv1(x)))))
+        return self.relu2(y + self.short_bn(self.short_conv(x)))
+
+
+class AttResNet(nn.Module):
+    """AT&T faces ResNet: Conv(8,5x5)+BN+ReLU, 5 blocks of 16..256 channels, global max pool, Dense.
+
+    Convolutions followed by BatchNorm have no bias (BatchNorm's shift replaces it). A bias there
+    has zero gradient in exact arithmetic, so Adam would turn rounding noise into lr-sized steps
+    of it, and the lagging running mean would carry that noise into the model's predictions.
+    """
+
+    def __init__(self, num_classes: int = 40, in_channels: int = 1,
+                 widths: tuple[int, ...] = (16, 32, 64, 128, 256)) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [
+            nn.Conv2d(in_channels, 8, 5, padding=2, bias=False),
+            nn.BatchNorm2d(8, eps=BN_EPS, momentum=BN_MOMENTUM), nn.ReLU(),
+        ]
+        cin = 8
+        for w in widths:
+            layers.append(ResidualBlock(cin, w))
+            cin = w
+        layers.append(GlobalMaxPool())
+        self.body = nn.Sequential(*layers)
+        self.head = nn.Linear(cin, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x))
+
+
+ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
+    "mlp": MLP,
+    "cifar_cnn": CifarCNN,
+    "att_resnet": AttResNet,
+}
+
+
+def initialize(model: nn.Module, generator: torch.Generator | None = None) -> nn.Module:
+    """Keras-style initialisation in place: Glorot-uniform weights, zero biases, BN (1, 0).
+
+    With a `generator` the result depends on it alone (not on the global RNG), which is what makes
+    a population's model j the same however it is trained.
+    """
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, (nn.Linear, nn.Conv2d)):
+                w = module.weight
+                receptive = w[0][0].numel() if w.dim() > 2 else 1
+                fan_in, fan_out = w.shape[1] * receptive, w.shape[0] * receptive
+                limit = math.sqrt(6.0 / (fan_in + fan_out))
+                w.uniform_(-limit, limit, generator=generator)
+                if module.bias is not None:
+                    module.bias.zero_()
+            elif isinstance(module, nn.BatchNorm2d):
+                module.reset_parameters()
+    return model
+
+
+def build(arch: str, num_classes: int, **arch_kwargs) -> nn.Module:
+    """A freshly initialised model of architecture `arch` (a key of ARCHITECTURES)."""
+    if arch not in ARCHITECTURES:
+        raise LinfiltError(f"unknown architecture {arch!r}; choose one of {sorted(ARCHITECTURES)}")
+    if "hidden" in arch_kwargs:
+        arch_kwargs["hidden"] = tuple(int(h) for h in arch_kwargs["hidden"])
+    try:
+        model = ARCHITECTURES[arch](num_classes=num_classes, **arch_kwargs)
+    except TypeError as exc:
+        raise LinfiltError(f"bad settings for architecture {arch!r}: {exc}") from None
+    return initialize(model)

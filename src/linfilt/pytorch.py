@@ -1,0 +1,407 @@
+"""Unlearning classes from a PyTorch classifier by linear filtration of its final Linear layer.
+
+`unlearn` finds the `nn.Linear` whose output is the model's logits, estimates A from the logits
+of the given data, and returns a copy whose head is F W, F b (section 4.1 of the paper), so the
+new model's logits are F times the old ones on every input.
+
+Class ids never change meaning: a returned model carries a `FiltrationRecord` (attribute
+`linfilt_filtration`) giving the original class id of each output, and a later `unlearn` of that
+model takes `forget` and the data's labels as original ids too (samples of classes forgotten
+earlier are skipped). Forgetting {3} and then {5} this way is, for each method:
+
+- naive and zeroing: identical to forgetting {3, 5} at once;
+- normalization: the same filtration as {3, 5} at once except for where class 3's mean logits go,
+  namely to F2 z3 (the second step's F applied to the first step's z) instead of z3 computed at
+  once; class 5's z and every retained class are identical (tests/test_sequential.py);
+- randomization: likewise with F2 z3, z3 ~ N(0, I), in place of a fresh N(0, I) draw.
+This holds when both steps estimate A from the same samples (e.g. the same data, all of it or
+the first s per class).
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from linfilt.errors import LinfiltError
+from linfilt.filtration import METHODS, absorb, check_forget, compute_filtration, mean_logits, select_per_class
+
+RECORD_ATTR = "linfilt_filtration"
+
+
+@dataclass(frozen=True)
+class UnlearnStep:
+    """One call of `unlearn`: one deletion request."""
+
+    forget: tuple[int, ...]  # original class ids forgotten by this step
+    method: str
+    per_class: int | None  # samples per class that estimated A (None: all given)
+    samples: int  # samples whose logits estimated A
+    condition: float  # 2-norm condition number of A
+    pinv: bool  # F came from a pseudo-inverse (allow_pinv=True)
+    head: str  # dotted path of the filtered nn.Linear ("" when the model is the Linear)
+    seed: int | None = None  # the integer rng seed, when one was given
+
+
+@dataclass(frozen=True)
+class FiltrationRecord:
+    """What linear filtration did to a model: `classes[i]` is the original id of output i."""
+
+    classes: tuple[int, ...]
+    steps: tuple[UnlearnStep, ...] = field(default=())
+
+    @property
+    def forgotten(self) -> tuple[int, ...]:
+        """Original ids of every class forgotten so far, in the order they were forgotten."""
+        return tuple(c for s in self.steps for c in s.forget)
+
+
+def _linears(model: nn.Module) -> dict[nn.Module, str]:
+    return {m: name for name, m in model.named_modules() if isinstance(m, nn.Linear)}
+
+
+def _named_head(model: nn.Module, head: str) -> tuple[str, nn.Linear]:
+    try:
+        module = model.get_submodule(head)
+    except AttributeError:
+        raise LinfiltError(f"head={head!r} names no submodule of this model") from None
+    if not isinstance(module, nn.Linear):
+        raise LinfiltError(f"head={head!r} is a {type(module).__name__}, not an nn.Linear")
+    return head, module
+
+
+def _static_head(model: nn.Module, head: str | None) -> tuple[str, nn.Linear] | None:
+    """The head known without running the model: `head=`, else an nn.Linear attribute `head`."""
+    if head is not None:
+        return _named_head(model, head)
+    if isinstance(model, nn.Linear):
+        return "", model
+    if isinstance(getattr(model, "head", None), nn.Linear):
+        return "head", model.head
+    return None
+
+
+def _only_linear(model: nn.Module) -> tuple[str, nn.Linear]:
+    """For precomputed logits (no forward pass to watch): the model's single nn.Linear."""
+    linears = _linears(model)
+    if not linears:
+        raise LinfiltError("this model has no nn.Linear layer: linear filtration rewrites a final Linear layer")
+    if len(linears) > 1:
+        raise LinfiltError(
+            f"this model has {len(linears)} nn.Linear layers and no `head` attribute; "
+            f"pass head= with the dotted path of the one producing the logits (one of {sorted(linears.values())})"
+        )
+    module, name = next(iter(linears.items()))
+    return name, module
+
+
+class _Runner:
+    """Runs the model on input batches; the first batch finds (or checks) the head with hooks."""
+
+    def __init__(self, model: nn.Module, head: str | None) -> None:
+        self.model = model
+        self.static = _static_head(model, head)
+        self.head: tuple[str, nn.Linear] | None = None
+        params = [p for p in model.parameters() if p.is_floating_point()]
+        if not params:
+            raise LinfiltError("this model has no parameters, hence no nn.Linear head to filter")
+        self.device, self.dtype = params[0].device, params[0].dtype
+
+    def __call__(self, x: Any) -> torch.Tensor:
+        x = torch.as_tensor(x)
+        x = x.to(self.device, self.dtype) if x.is_floating_point() else x.to(self.device)
+        if self.head is not None:
+            return self._check(self.model(x))
+        calls: list[tuple[nn.Module, torch.Tensor]] = []
+        linears = _linears(self.model)
+        if not linears:
+            raise LinfiltError("this model has no nn.Linear layer: linear filtration rewrites a final Linear layer")
+        hooks = [m.register_forward_hook(lambda m, i, o: calls.append((m, o))) for m in linears]
+        try:
+            out = self._check(self.model(x))
+        finally:
+            for h in hooks:
+                h.remove()
+        self.head = self._pick(out, calls, linears)
+        return out
+
+    @staticmethod
+    def _check(out: Any) -> torch.Tensor:
+        if not isinstance(out, torch.Tensor) or out.dim() != 2:
+            shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise LinfiltError(f"the model must return logits of shape (n, k), it returned {shape}")
+        return out
+
+    def _pick(self, out: torch.Tensor, calls: list, linears: dict[nn.Module, str]) -> tuple[str, nn.Linear]:
+        times = {m: sum(c is m for c, _ in calls) for m in linears}
+        makes_out = {m for m, o in calls if o is out or (o.shape == out.shape and torch.equal(o, out))}
+        if self.static is not None:
+            name, module = self.static
+            if module not in makes_out:
+                raise LinfiltError(
+                    f"the model's output is not the output of its Linear {name!r} (something follows it, "
+                    "or it did not run): linear filtration needs the logits to be a Linear layer's output; "
+                    "pass head= naming that layer"
+                )
+            found = module
+        elif not makes_out:
+            raise LinfiltError(
+                "no nn.Linear layer's output is the model's output: linear filtration needs the logits "
+                "to be the output of a final Linear layer (pass head= if one is, e.g. after a reshape)"
+            )
+        elif len(makes_out) > 1:
+            names = sorted(linears[m] for m in makes_out)
+            raise LinfiltError(f"several Linear layers give the model's output ({names}); pass head= to pick one")
+        else:
+            found = next(iter(makes_out))
+        if times[found] != 1:
+            raise LinfiltError(
+                f"the head {linears[found]!r} runs {times[found]} times per forward pass; linear filtration "
+                "can only rewrite a head that runs once"
+            )
+        return linears[found], found
+
+
+def _to_labels(y: Any) -> np.ndarray:
+    y = np.asarray(y.detach().cpu() if isinstance(y, torch.Tensor) else y)
+    if y.ndim != 1 or (y.size and not np.issubdtype(y.dtype, np.integer)):
+        raise LinfiltError(f"labels must be a 1-D array of integer class ids, got shape {y.shape}, dtype {y.dtype}")
+    return y.astype(np.int64)
+
+
+class _Classes:
+    """Original class ids of the model's outputs, and the translation of ids into output positions."""
+
+    def __init__(self, model: nn.Module, k: int) -> None:
+        record = getattr(model, RECORD_ATTR, None)
+        self.record = record if isinstance(record, FiltrationRecord) else None
+        self.ids = np.asarray(self.record.classes if self.record else range(k), dtype=np.int64)
+        self.forgotten = np.asarray(self.record.forgotten if self.record else (), dtype=np.int64)
+        if len(self.ids) != k:
+            raise LinfiltError(
+                f"the model's {RECORD_ATTR} lists {len(self.ids)} classes but its head has {k} outputs; "
+                f"delete the stale attribute `{RECORD_ATTR}` to use output positions as class ids"
+            )
+        self.k = k
+
+    def forget_positions(self, forget: int | Iterable[int]) -> tuple[int, ...]:
+        ids = [forget] if isinstance(forget, (int, np.integer)) else list(forget)
+        gone = sorted({int(c) for c in ids if isinstance(c, (int, np.integer)) and c in self.forgotten})
+        if gone:
+            raise LinfiltError(f"classes {gone} were already forgotten from this model")
+        where = {int(c): i for i, c in enumerate(self.ids)}
+        if self.record:
+            repeated = sorted({int(c) for c in ids if ids.count(c) > 1})
+            if repeated:
+                raise LinfiltError(f"class ids {repeated} are repeated in forget; name each once")
+            missing = sorted({int(c) for c in ids if isinstance(c, (int, np.integer)) and int(c) not in where})
+            if missing:
+                raise LinfiltError(f"classes {missing} are not outputs of this model (its classes: {self.ids.tolist()})")
+            ids = [where[int(c)] if isinstance(c, (int, np.integer)) else c for c in ids]
+        return check_forget(self.k, ids)
+
+    def positions(self, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(output positions of the kept samples, mask of kept samples): samples of classes forgotten
+        earlier are skipped; any other label that is not a class of the model is an error."""
+        keep = ~np.isin(labels, self.forgotten)
+        lab = labels[keep]
+        order = np.argsort(self.ids)
+        pos = order[np.minimum(np.searchsorted(self.ids, lab, sorter=order), self.k - 1)]
+        bad = self.ids[pos] != lab
+        if np.any(bad):
+            raise LinfiltError(
+                f"labels {sorted(set(lab[bad].tolist()))[:10]} are not classes of this model "
+                f"(its classes: {self.ids.tolist()})"
+            )
+        return pos.astype(np.int64), keep
+
+    def check_counts(self, pos: np.ndarray, per_class: int | None) -> None:
+        counts = np.bincount(pos, minlength=self.k)
+        empty = self.ids[counts == 0].tolist()
+        if empty:
+            raise LinfiltError(f"classes {empty} have no samples in the data: A needs every class")
+        if per_class is not None:
+            short = [(int(self.ids[j]), int(n)) for j, n in enumerate(counts) if n < per_class]
+            if short:
+                shown = ", ".join(f"class {c}: {n}" for c, n in short[:10])
+                raise LinfiltError(f"per_class={per_class} but some classes have fewer samples ({shown})")
+
+
+def _batches(data: Any, batch_size: int) -> Iterator[tuple[Any, Any]]:
+    loader = data if isinstance(data, DataLoader) else DataLoader(data, batch_size=batch_size)
+    for batch in loader:
+        if not isinstance(batch, (tuple, list)) or len(batch) < 2:
+            raise LinfiltError("each batch of data must be an (inputs, labels) pair")
+        yield batch[0], batch[1]
+
+
+def _logits(
+    runner: _Runner, data: Any, per_class: int | None, rng: np.random.Generator | None,
+    batch_size: int, progress: bool, model: nn.Module,
+) -> tuple[_Classes, np.ndarray, np.ndarray, int | None]:
+    """(classes, logits float64, label positions, per_class still to apply in mean_logits)."""
+    if isinstance(data, (tuple, list)) and len(data) == 2:
+        x, y = data
+        x = x if isinstance(x, torch.Tensor) else np.asarray(x)
+        y = _to_labels(y)
+        if len(x) != len(y):
+            raise LinfiltError(f"data has {len(x)} inputs but {len(y)} labels")
+        if len(y) == 0:
+            raise LinfiltError("data is empty: A needs samples of every class")
+        if runner.head is None:
+            runner(x[:1])  # find the head, hence k, before choosing which samples to run
+        classes = _Classes(model, runner.head[1].out_features)
+        pos, keep = classes.positions(y)
+        classes.check_counts(pos, per_class)
+        idx = np.flatnonzero(keep)
+        if per_class is not None:  # only the chosen s per class need a forward pass
+            chosen = select_per_class(pos, classes.k, per_class, rng)
+            idx, pos = idx[chosen], pos[chosen]
+        if isinstance(x, torch.Tensor):
+            idx = torch.from_numpy(idx)
+        starts = range(0, len(idx), batch_size)
+        parts = [runner(x[idx[i:i + batch_size]]) for i in tqdm(starts, disable=not progress, desc="logits")]
+        return classes, torch.cat(parts).double().cpu().numpy(), pos, None
+    if not isinstance(data, (DataLoader, Dataset)):
+        raise LinfiltError(
+            "data must be a DataLoader, a Dataset of (input, label) pairs or an (x, y) pair; "
+            "for precomputed logits pass logits= and labels= instead"
+        )
+    parts, labels, counts, classes = [], [], None, None
+    for xb, yb in tqdm(_batches(data, batch_size), disable=not progress, desc="logits"):
+        out = runner(xb)
+        if classes is None:
+            classes = _Classes(model, runner.head[1].out_features)
+            counts = np.zeros(classes.k, dtype=np.int64)
+        pos, keep = classes.positions(_to_labels(yb))
+        parts.append(out[torch.from_numpy(keep).to(out.device)].double().cpu())
+        labels.append(pos)
+        counts += np.bincount(pos, minlength=classes.k)
+        if per_class is not None and rng is None and counts.min() >= per_class:
+            break  # the first s of every class are in: the rest is not needed
+    if classes is None:
+        raise LinfiltError("data is empty: A needs samples of every class")
+    pos = np.concatenate(labels)
+    classes.check_counts(pos, per_class)
+    return classes, torch.cat(parts).numpy(), pos, per_class
+
+
+def _replace(model: nn.Module, head: nn.Linear, new: nn.Linear) -> nn.Module:
+    """Put `new` wherever `head` sits in `model` (nested, or shared under several names)."""
+    if model is head:
+        return new
+    for name, module in list(model.named_modules(remove_duplicate=False)):
+        if module is head:
+            parent, _, leaf = name.rpartition(".")
+            setattr(model.get_submodule(parent), leaf, new)
+    return model
+
+
+def unlearn(
+    model: nn.Module,
+    forget: int | Iterable[int],
+    data: Any = None,
+    method: str = "normalization",
+    per_class: int | None = None,
+    head: str | None = None,
+    rng: np.random.Generator | int | None = None,
+    allow_pinv: bool = False,
+    *,
+    logits: Any = None,
+    labels: Any = None,
+    batch_size: int = 256,
+    progress: bool = False,
+) -> nn.Module:
+    """A copy of `model` with the classes `forget` unlearned by linear filtration; `model` is untouched.
+
+    data: a DataLoader or Dataset of (input, label) batches, or an (x, y) pair of tensors/arrays;
+    or pass precomputed `logits=` (n, k) of this model with `labels=` instead. Inputs run in eval
+    mode without gradients (each module's train/eval mode is restored after). per_class=s uses
+    the first s samples of each class in the data's order, or a random s when rng is given; rng
+    (a Generator or an integer seed) also draws randomization's z. head: dotted path of the final
+    nn.Linear, needed only when the model has no `head` attribute and the one whose output is the
+    model's output cannot be told apart. The copy's head has k-|C| outputs, W <- F W and b <- F b,
+    on the same device with the same dtype; its `linfilt_filtration` attribute records what was
+    done. Ids in `forget` and in the labels are original class ids (see the module docstring).
+    """
+    if method not in METHODS:
+        raise LinfiltError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    if method == "randomization" and rng is None:
+        raise LinfiltError("method 'randomization' needs rng= (a numpy Generator or an integer seed)")
+    seed = int(rng) if isinstance(rng, (int, np.integer)) and not isinstance(rng, bool) else None
+    gen = None if rng is None else np.random.default_rng(rng)
+    if logits is not None:
+        if data is not None:
+            raise LinfiltError("pass either data or precomputed logits=, not both")
+        if labels is None:
+            raise LinfiltError("precomputed logits= need labels= (one class id per row)")
+        head_name, head_mod = _static_head(model, head) or _only_linear(model)
+        values = np.asarray(logits.detach().cpu() if isinstance(logits, torch.Tensor) else logits)
+        if values.ndim != 2 or values.shape[1] != head_mod.out_features:
+            raise LinfiltError(
+                f"logits of shape {values.shape} do not fit the head {head_name!r} with "
+                f"{head_mod.out_features} outputs: they must be (n, {head_mod.out_features})"
+            )
+        y = _to_labels(labels)
+        if len(y) != len(values):
+            raise LinfiltError(f"{len(values)} logit rows but {len(y)} labels")
+        classes = _Classes(model, head_mod.out_features)
+        pos, keep = classes.positions(y)
+        classes.check_counts(pos, per_class)
+        values, todo = values[keep], per_class
+    else:
+        if data is None:
+            raise LinfiltError("pass the data to estimate A from (or precomputed logits= and labels=)")
+        modes = {m: m.training for m in model.modules()}
+        runner = _Runner(model, head)
+        try:
+            model.eval()
+            with torch.no_grad():
+                classes, values, pos, todo = _logits(runner, data, per_class, gen, batch_size, progress, model)
+        finally:
+            for m, mode in modes.items():
+                m.train(mode)
+        head_name, head_mod = runner.head
+    forget_pos = classes.forget_positions(forget)
+    A = mean_logits(values, pos, classes.k, per_class=todo, rng=gen)
+    filt = compute_filtration(A, forget_pos, method, rng=gen, allow_pinv=allow_pinv)
+
+    W = head_mod.weight.detach()
+    b = None if head_mod.bias is None else head_mod.bias.detach()
+    new_W, new_b = absorb(filt.matrix, W.cpu().double().numpy(), None if b is None else b.cpu().double().numpy())
+    new_head = nn.Linear(W.shape[1], new_W.shape[0], bias=b is not None, device=W.device, dtype=W.dtype)
+    with torch.no_grad():
+        new_head.weight.copy_(torch.from_numpy(new_W))
+        if b is not None:
+            new_head.bias.copy_(torch.from_numpy(new_b))
+    new_head.requires_grad_(head_mod.weight.requires_grad)
+    new_head.train(head_mod.training)
+
+    step = UnlearnStep(
+        forget=tuple(int(classes.ids[i]) for i in forget_pos),
+        method=method,
+        per_class=per_class,
+        samples=int(len(pos) if per_class is None else per_class * classes.k),
+        condition=filt.condition,
+        pinv=filt.pinv,
+        head=head_name,
+        seed=seed,
+    )
+    previous = classes.record.steps if classes.record else ()
+    # The memo keeps the old head out of the copy (it is replaced there anyway): no wasted k x p copy.
+    new_model = _replace(copy.deepcopy(model, memo={id(head_mod): head_mod}), head_mod, new_head)
+    setattr(
+        new_model,
+        RECORD_ATTR,
+        FiltrationRecord(classes=tuple(int(classes.ids[i]) for i in filt.kept), steps=(*previous, step)),
+    )
+    return new_model
+
+
+__all__: Sequence[str] = ("unlearn", "FiltrationRecord", "UnlearnStep", "RECORD_ATTR")

@@ -1,0 +1,174 @@
+"""Markdown tables and PNG figures from experiment metrics, with the paper's numbers beside ours.
+
+Input: the `metrics.json` dicts that `linfilt.experiments.runner.run_experiment` writes, by
+experiment name. Nothing here trains or audits: `linfilt report` rebuilds reports from cache.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from linfilt.atomic import atomic_path
+from linfilt.experiments import paper
+from linfilt.experiments.spec import ARTIFACTS, parse_method
+
+CLASSIFIERS = ("NN", "RF", "AB")
+GROUPS = (("forgotten", "unlearned", "UNLEARNED"), ("retained", "remaining", "REMAINING"))
+
+
+def _row_name(label: str) -> str:
+    method, s = parse_method(label)
+    names = {"floor": "retrain vs retrain (floor)", "transfer": "transfer"}
+    return names.get(label, method) + (f", s = {s}" if s else "")
+
+
+def _cell(est: dict[str, Any]) -> str:
+    if est.get("low") is None or np.isnan(est["low"]):
+        return f"{est['mean']:.3f}"
+    return f"{est['mean']:.3f} [{est['low']:.2f}, {est['high']:.2f}]"
+
+
+def scale_line(metrics: dict[str, Any]) -> str:
+    exp = metrics["experiment"]
+    from linfilt.population import PROTOCOL
+    epochs = exp["epochs"] or PROTOCOL[exp["dataset"]]["epochs"]
+    full = exp["models"] == 100 and epochs == PROTOCOL[exp["dataset"]]["epochs"]
+    return (f"*{exp['note']}. Scale: {exp['models']} models per population, {epochs} epochs, "
+            f"{exp['repeats']} attack repeats, on {metrics['device']}"
+            f"{' (the paper’s full scale)' if full else ' (paper: 100 models per population)'}.*")
+
+
+def advantage_table(metrics: dict[str, Any], rows: list[str], paper_rows: dict | None) -> str:
+    """Our mean advantage [95% interval over attack repeats] and the paper's, per group."""
+    head = "| | " + " | ".join(CLASSIFIERS) + " | paper " + " | paper ".join(CLASSIFIERS) + " |"
+    lines = []
+    for group, paper_group, title in GROUPS:
+        lines += ["", f"**{title}**", "", head, "|---" * (1 + 2 * len(CLASSIFIERS)) + "|"]
+        for row in rows + ["floor"]:
+            ours = metrics["advantage"].get(row, {}).get(group)
+            if ours is None:
+                continue
+            theirs = (paper_rows or {}).get((paper_group, row))
+            cells = [_cell(ours[c]) for c in CLASSIFIERS]
+            cells += [f"{v:.3f}" for v in theirs] if theirs else ["—"] * len(CLASSIFIERS)
+            lines.append(f"| {_row_name(row)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def difference_table(metrics: dict[str, Any], rows: list[str]) -> str:
+    """Paired differences to naive (same splits and images): an interval excluding 0 is a real gap."""
+    lines = ["", "Paired difference to naive (method − naive, same attack splits and images):", "",
+             "| | group | " + " | ".join(CLASSIFIERS) + " |", "|---|---|" + "---|" * len(CLASSIFIERS)]
+    for row in rows:
+        diff = metrics["difference_vs_naive"].get(row)
+        if not diff:
+            continue
+        for group, _, title in GROUPS:
+            if group in diff:
+                lines.append(f"| {_row_name(row)} | {title.lower()} | "
+                             + " | ".join(_cell(diff[group][c]) for c in CLASSIFIERS) + " |")
+    return "\n".join(lines)
+
+
+def accuracy_table(metrics: dict[str, Any], rows: list[str], paper_rows: dict | None) -> str:
+    names = {"before": "before unlearning (all k outputs)", "retrained": "retrained (baseline)"}
+    lines = ["| | accuracy % | loss | paper accuracy % | paper loss |", "|---|---|---|---|---|"]
+    for row in ["before", "retrained"] + rows:
+        ours = metrics["accuracy"].get(row)
+        if ours is None:
+            continue
+        theirs = (paper_rows or {}).get(row)
+        p = f"{theirs[0]:.1f} ± {theirs[1]:.2f} | {theirs[2]:.2f} ± {theirs[3]:.2f}" if theirs else "— | —"
+        lines.append(f"| {names.get(row, _row_name(row))} | {100 * ours['accuracy_mean']:.1f} ± "
+                     f"{100 * ours['accuracy_std']:.2f} | {ours['loss_mean']:.3f} ± {ours['loss_std']:.3f} | {p} |")
+    return "\n".join(lines)
+
+
+def labels_changed_table(metrics: dict[str, Any]) -> str:
+    lines = ["| | all % | unlearned % | correct % | accuracy % | paper (all, unl., cor., acc.) |",
+             "|---|---|---|---|---|---|"]
+    for row, ours in metrics["labels_changed"].items():
+        theirs = paper.CIFAR_LABELS_CHANGED.get(row)
+        acc = 100 * metrics["accuracy"][row]["accuracy_mean"]
+        lines.append(f"| {_row_name(row)} | {100 * ours['all']:.1f} | {100 * ours['unlearned']:.1f} | "
+                     f"{100 * ours['correct']:.1f} | {acc:.1f} | "
+                     + (", ".join(f"{v:.1f}" for v in theirs) if theirs else "—") + " |")
+    return "\n".join(lines)
+
+
+def figure3(metrics: dict[str, Any], path: str | Path) -> None:
+    """Mean predicted probability of each retained class for the forgotten class' images, ± std."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in ("retrained", "normalization", "transfer", "naive", "randomization")
+            if r in metrics["distribution"]]
+    names = [metrics["classes"][c] for c in metrics["kept"]]
+    fig, ax = plt.subplots(figsize=(10, 4))
+    width = 0.8 / len(rows)
+    for i, row in enumerate(rows):
+        d = metrics["distribution"][row]
+        x = np.arange(len(names)) + (i - (len(rows) - 1) / 2) * width
+        ax.bar(x, d["probabilities_mean"], width, yerr=d["probabilities_std"], label=row, capsize=2)
+    ax.set_xticks(np.arange(len(names)), names, rotation=30)
+    ax.set_ylabel("mean predicted probability")
+    forgotten = metrics["classes"][metrics["experiment"]["forget"][0]]
+    ax.set_title(f"Predictions for the forgotten class '{forgotten}' (mean ± std over models)")
+    ax.legend()
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+
+
+def _methods(metrics: dict[str, Any], only: tuple[str, ...] | None = None) -> list[str]:
+    rows = list(metrics["experiment"]["methods"])
+    if metrics["experiment"]["transfer"]:
+        rows.append("transfer")
+    return [r for r in rows if only is None or r in only]
+
+
+def render(artifact: str, metrics: dict[str, dict[str, Any]], figures_dir: Path) -> str:
+    """One artefact's Markdown section; `metrics` by experiment name."""
+    needed, title = ARTIFACTS[artifact]
+    out = [f"## {artifact.capitalize().replace('table', 'Table ').replace('figure', 'Figure ')}: {title}", ""]
+    for name in needed:
+        m = metrics[name]
+        p = m["experiment"]["arch_kwargs"].get("p")
+        out += [f"### {name}", "", scale_line(m)]
+        if artifact in ("table1",):
+            rows = _methods(m, ("naive", "normalization"))
+            out += [advantage_table(m, rows, paper.MNIST_ADVANTAGE), difference_table(m, rows)]
+        elif artifact == "table7":
+            rows = _methods(m)
+            out += [advantage_table(m, rows, paper.MNIST_ADVANTAGE), difference_table(m, rows)]
+        elif artifact == "table3":
+            rows = _methods(m)
+            out += [advantage_table(m, rows, paper.ATT_ADVANTAGE), difference_table(m, rows)]
+        elif artifact == "table8":
+            out += ["", accuracy_table(m, _methods(m), paper.MNIST_ACCURACY)]
+        elif artifact == "table10":
+            out += ["", accuracy_table(m, _methods(m), paper.CIFAR_ACCURACY.get(p))]
+        elif artifact == "table2":
+            rows = _methods(m, ("naive", "normalization", "randomization", "zeroing", "transfer"))
+            out += [advantage_table(m, rows, paper.CIFAR_ADVANTAGE.get(p)), difference_table(m, rows)]
+        elif artifact == "table4":
+            rows = _methods(m, ("naive", "normalization@10", "normalization@100", "normalization"))
+            out += [advantage_table(m, rows, paper.CIFAR_ADVANTAGE.get(p)), difference_table(m, rows)]
+        elif artifact == "table5":
+            rows = _methods(m, ("naive", "normalization"))
+            out += [advantage_table(m, rows, paper.CIFAR_ADVANTAGE.get(p))]
+        elif artifact == "table9":
+            rows = _methods(m)
+            out += [advantage_table(m, rows, paper.CIFAR_ADVANTAGE.get(p)), difference_table(m, rows)]
+        elif artifact == "table6":
+            out += ["", labels_changed_table(m)]
+        elif artifact == "figure3":
+            png = figures_dir / f"figure3-{name}.png"
+            figure3(m, png)
+            out += ["", f"![Figure 3, {name}]({png.name})"]
+        out.append("")
+    return "\n".join(out)

@@ -1,0 +1,205 @@
+"""Linear filtration for scikit-learn classifiers: the final linear map becomes F times itself.
+
+Supported: linear classifiers with `coef_` (k, p) and `intercept_` (LogisticRegression,
+SGDClassifier, RidgeClassifier, LinearSVC, Perceptron, ...) and MLPClassifier (its output layer
+`coefs_[-1]`, `intercepts_[-1]`). Their "logits" are the scores `predict` takes the argmax of:
+`decision_function` for linear classifiers, the output layer before its softmax for an MLP
+(see `logits`).
+
+One-vs-rest models (SGDClassifier, LinearSVC, Perceptron; LogisticRegression with
+multi_class="ovr" in older scikit-learn) are accepted too: filtration is linear in the scores,
+so the new model's scores are exactly F times the old ones and its predictions their argmax.
+The paper motivates the choice of F with softmax logits, though; with OvR scores `predict_proba`
+(where it exists) is scikit-learn's one-vs-rest normalisation of the filtered scores.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import numpy as np
+from scipy.special import expit
+from sklearn.base import clone
+from sklearn.exceptions import NotFittedError
+from sklearn.linear_model._base import LinearClassifierMixin
+from sklearn.neural_network import MLPClassifier
+from sklearn.utils import check_array
+from sklearn.utils.validation import check_is_fitted
+
+from linfilt.errors import IllConditionedError, LinfiltError
+from linfilt.filtration import absorb, compute_filtration, mean_logits
+
+# MLPClassifier's hidden activations (its `activation` parameter), applied out of place.
+_HIDDEN = {
+    "identity": lambda a: a,
+    "logistic": expit,
+    "tanh": np.tanh,
+    "relu": lambda a: np.maximum(a, 0),
+}
+
+
+def _check_supported(estimator: Any) -> None:
+    """Raise a LinfiltError saying why `estimator` cannot be filtered, if it cannot."""
+    name = type(estimator).__name__
+    if not isinstance(estimator, (MLPClassifier, LinearClassifierMixin)):
+        raise LinfiltError(
+            f"{name} is not supported: linfilt.sklearn handles linear classifiers with coef_ and "
+            "intercept_ (LogisticRegression, SGDClassifier, RidgeClassifier, LinearSVC, ...) and "
+            "MLPClassifier; for a Pipeline, unlearn its last step on X transformed by the others"
+        )
+    try:
+        check_is_fitted(estimator)
+    except NotFittedError:
+        raise LinfiltError(f"{name} is not fitted: call fit(X, y) before unlearning") from None
+    binarizer = getattr(estimator, "_label_binarizer", None)
+    if getattr(binarizer, "y_type_", "").startswith("multilabel"):
+        raise LinfiltError(f"{name} was fitted on multilabel targets; class-wide filtration needs "
+                           "one label per sample (multiclass)")
+    k = len(estimator.classes_)
+    if k <= 2:
+        raise LinfiltError(
+            f"{name} has {k} classes: scikit-learn stores a two-class model as a single row of scores, "
+            "and linear filtration needs at least 3 classes (at least 2 left after forgetting)"
+        )
+    if isinstance(estimator, MLPClassifier):
+        width = estimator.coefs_[-1].shape[1]
+        if estimator.out_activation_ != "softmax" or width != k:
+            raise LinfiltError(f"{name} has output activation {estimator.out_activation_!r} and {width} "
+                               f"outputs for {k} classes; only softmax multiclass MLPs are supported")
+    elif np.ndim(estimator.coef_) != 2 or estimator.coef_.shape[0] != k:
+        raise LinfiltError(f"{name}.coef_ has shape {np.shape(estimator.coef_)}, not one row per "
+                           f"class ({k}, n_features)")
+
+
+def logits(estimator: Any, X: Any) -> np.ndarray:
+    """The scores whose argmax `estimator.predict` returns, (n, n_outputs).
+
+    Linear classifiers: `decision_function(X)`. MLPClassifier: the output layer's values before
+    its activation (softmax for multiclass), i.e. the logits. For a two-class model both are one
+    column per sample, as scikit-learn stores it.
+    """
+    try:
+        check_is_fitted(estimator)
+    except NotFittedError:
+        raise LinfiltError(f"{type(estimator).__name__} is not fitted: call fit(X, y) first") from None
+    if not isinstance(estimator, MLPClassifier):
+        return np.asarray(estimator.decision_function(X))
+    act = check_array(X, accept_sparse=["csr", "csc"])
+    if act.shape[1] != estimator.n_features_in_:
+        raise LinfiltError(f"X has {act.shape[1]} features but the MLP expects "
+                           f"{estimator.n_features_in_}")
+    hidden = _HIDDEN[estimator.activation]
+    last = len(estimator.coefs_) - 1
+    for i, (w, b) in enumerate(zip(estimator.coefs_, estimator.intercepts_)):
+        act = np.asarray(act @ w) + b  # np.asarray: a sparse X times a dense w may stay a matrix
+        if i < last:
+            act = hidden(act)
+    return act
+
+
+def _positions(classes: np.ndarray, forget: Any) -> list[int]:
+    """Indices in classes_ of the labels in `forget` (one label or several)."""
+    labels = [forget] if isinstance(forget, (str, bytes)) or np.ndim(forget) == 0 else list(forget)
+    index = {c: i for i, c in enumerate(classes.tolist())}
+    unknown = [f for f in labels if _key(f) not in index]
+    if unknown:
+        raise LinfiltError(f"forget names labels {unknown} that are not among the estimator's classes_ "
+                           f"{classes.tolist()}")
+    return [index[_key(f)] for f in labels]
+
+
+def _key(label: Any) -> Any:
+    return label.item() if isinstance(label, np.generic) else label
+
+
+def _encode(classes: np.ndarray, y: Any) -> np.ndarray:
+    """y's labels as indices into classes_; every label must be one of them."""
+    index = {c: i for i, c in enumerate(classes.tolist())}
+    values = np.asarray(y)
+    if values.ndim != 1:
+        raise LinfiltError(f"y must be one label per sample, got shape {values.shape}")
+    codes = np.array([index.get(v, -1) for v in values.tolist()], dtype=np.int64)
+    if np.any(codes < 0):
+        unknown = sorted({str(v) for v, c in zip(values.tolist(), codes) if c < 0})
+        raise LinfiltError(f"y holds labels {unknown[:10]} that are not among the estimator's classes_; "
+                           "drop those samples (e.g. classes forgotten earlier)")
+    missing = np.flatnonzero(np.bincount(codes, minlength=len(classes)) == 0)
+    if missing.size:
+        raise LinfiltError(f"classes {classes[missing].tolist()} have no samples in y: estimating A needs "
+                           "at least one sample of every class")
+    return codes
+
+
+def unlearn(estimator: Any, forget: Any, X: Any, y: Any, method: str = "normalization",
+            per_class: int | None = None, rng: np.random.Generator | int | None = None,
+            allow_pinv: bool = False) -> Any:
+    """A copy of `estimator` that has forgotten the classes `forget`, by linear filtration.
+
+    `forget` names classes by their labels in `estimator.classes_` (one label or an iterable;
+    strings work). A is estimated from the estimator's scores on (X, y); `per_class=s` uses the
+    first s samples of each class (a random s with `rng`). `rng` also seeds method
+    "randomization". The original estimator is left untouched.
+
+    The result's `classes_` lack the forgotten labels and its scores (`logits`) equal F times the
+    original's. Multinomial LogisticRegression's scores sum to zero for every sample, which makes
+    A singular: it needs `allow_pinv=True` (F is then the least-squares solution of F A = B_z).
+    When exactly two classes are left it is stored as scikit-learn stores any
+    two-class model (one row of coefficients, the difference of the two filtered rows; an MLP's
+    single logistic output), so `predict` and `predict_proba` behave as usual and its score is
+    the second filtered logit minus the first. The result is for prediction: its training state
+    (solver/optimizer memory) still describes the original classes, so do not `partial_fit` or
+    warm-start it; `fit` retrains from scratch.
+    """
+    _check_supported(estimator)
+    classes = np.asarray(estimator.classes_)
+    positions = _positions(classes, forget)
+    n_x = X.shape[0] if hasattr(X, "shape") else len(X)
+    if n_x != len(y):
+        raise LinfiltError(f"X has {n_x} samples but y has {len(y)} labels")
+    codes = _encode(classes, y)
+    scores = logits(estimator, X)
+    A = mean_logits(scores, codes, len(classes), per_class=per_class, rng=rng)
+    try:
+        filtration = compute_filtration(A, positions, method=method, rng=rng, allow_pinv=allow_pinv)
+    except IllConditionedError as exc:
+        if np.abs(scores.sum(axis=1)).max() > 1e-9 * np.abs(scores).max():
+            raise
+        raise IllConditionedError(
+            f"{exc}. Here that is structural: {type(estimator).__name__}'s scores sum to zero for every "
+            "sample (scikit-learn's symmetric softmax parametrisation, as in multinomial "
+            "LogisticRegression), so A is always singular; allow_pinv=True gives the least-squares F"
+        ) from None
+    return _filtered_copy(estimator, filtration.matrix, list(filtration.kept))
+
+
+def _filtered_copy(estimator: Any, F: np.ndarray, kept: list[int]) -> Any:
+    """Deep copy of `estimator` with F absorbed into its final linear map."""
+    new = copy.deepcopy(estimator)
+    labels = np.asarray(estimator.classes_)[kept]
+    if isinstance(estimator, MLPClassifier):
+        w, b = estimator.coefs_[-1], estimator.intercepts_[-1]  # (h, k), (k,): scores = act @ w + b
+        w2, b2 = _absorb(F, w.T, b)
+        new.coefs_[-1], new.intercepts_[-1] = w2.T.astype(w.dtype), b2.astype(b.dtype)
+        new.n_outputs_ = new.coefs_[-1].shape[1]
+        if new.n_outputs_ == 1:  # scikit-learn's two-class MLP: one logistic output
+            new.out_activation_ = "logistic"
+    else:
+        coef = estimator.coef_
+        coef = coef.toarray() if hasattr(coef, "toarray") else np.asarray(coef)  # after sparsify()
+        bias = np.broadcast_to(np.asarray(estimator.intercept_, dtype=np.float64), (len(F.T),))
+        w2, b2 = _absorb(F, coef, bias)
+        new.coef_, new.intercept_ = w2.astype(coef.dtype), b2.astype(coef.dtype)
+    if hasattr(estimator, "_label_binarizer"):  # MLPClassifier, RidgeClassifier: predict decodes with it
+        new._label_binarizer = clone(estimator._label_binarizer).fit(labels)
+    if not isinstance(getattr(type(new), "classes_", None), property):  # a property in old Ridge
+        new.classes_ = labels
+    return new
+
+
+def _absorb(F: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(F W, F b) in float64; two rows collapse to scikit-learn's binary layout (row 1 - row 0)."""
+    w2, b2 = absorb(F, np.asarray(weight, dtype=np.float64), np.asarray(bias, dtype=np.float64))
+    if len(w2) == 2:
+        w2, b2 = w2[1:] - w2[:1], b2[1:] - b2[:1]
+    return w2, b2
+

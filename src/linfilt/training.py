@@ -1,0 +1,121 @@
+"""Training one ordinary model: the paper's recipe (Adam, cross-entropy, shuffled mini-batches).
+
+The data order and the optimiser settings live here once, so that the population engine's
+batched strategies reproduce this loop model by model.
+"""
+from __future__ import annotations
+
+from typing import Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from linfilt.errors import LinfiltError
+
+# Keras' Adam epsilon (PyTorch's default is 1e-8); the authors trained with Keras.
+ADAM_EPS = 1e-7
+PRECISIONS = ("fp32", "bf16")
+
+
+def make_optimizer(params, lr: float) -> torch.optim.Optimizer:
+    # foreach=False: the same per-tensor arithmetic whether a tensor holds one model or a stack.
+    return torch.optim.Adam(params, lr=lr, eps=ADAM_EPS, foreach=False)
+
+
+def epoch_orders(seeds: Sequence[int], epochs: int, n: int) -> Iterator[np.ndarray]:
+    """Per epoch, one permutation of range(n) per seed, stacked (len(seeds), n). Seed s's sequence
+    is the same whatever other seeds it is batched with."""
+    rngs = [np.random.default_rng(s) for s in seeds]
+    for _ in range(epochs):
+        yield np.stack([rng.permutation(n) for rng in rngs])
+
+
+def batch_order(seed: int, epochs: int, n: int, batch_size: int) -> Iterator[np.ndarray]:
+    """One model's mini-batch index arrays, epoch after epoch (the last batch of an epoch may be
+    smaller, as in Keras' `fit`)."""
+    for perm in epoch_orders([seed], epochs, n):
+        for start in range(0, n, batch_size):
+            yield perm[0, start:start + batch_size]
+
+
+def as_tensors(x, y, device: str | torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Validate (x float NCHW or (N, F), y integer labels) and move them to `device`."""
+    x = torch.as_tensor(x)
+    y = torch.as_tensor(y)
+    if x.dim() < 2 or y.dim() != 1 or len(x) != len(y):
+        raise LinfiltError(f"expected x of shape (N, ...) and labels y of shape (N,), got "
+                           f"{tuple(x.shape)} and {tuple(y.shape)}")
+    if not x.is_floating_point():
+        raise LinfiltError(f"x must be float32 in [0, 1] (use linfilt.data.to_float), got {x.dtype}")
+    if y.is_floating_point() or y.dtype == torch.bool:
+        raise LinfiltError(f"labels y must be integers, got {y.dtype}")
+    if len(y) == 0:
+        raise LinfiltError("no training data")
+    return x.to(device, torch.float32), y.to(device, torch.int64)
+
+
+def check_labels(y: torch.Tensor, num_outputs: int) -> None:
+    lo, hi = int(y.min()), int(y.max())
+    if lo < 0 or hi >= num_outputs:
+        raise LinfiltError(f"labels range over {lo}..{hi} but the model has {num_outputs} outputs")
+
+
+def train_steps(forward: Callable[[torch.Tensor], torch.Tensor], params: Iterable[torch.Tensor],
+                x: torch.Tensor, y: torch.Tensor, seeds: Sequence[int], epochs: int, batch_size: int,
+                lr: float = 1e-3, precision: str = "fp32",
+                on_step: Callable[[int], None] | None = None) -> None:
+    """The paper's training loop for M models at once.
+
+    `forward` maps inputs (M, B, ...) to logits (M, B, k); model j sees its own mini-batches, in the
+    order `seeds[j]` gives. The loss is the sum over models of each one's mean cross-entropy, so
+    each model's gradient is exactly what it would be alone. `on_step(images)` reports progress.
+    """
+    if precision not in PRECISIONS:
+        raise LinfiltError(f"precision must be one of {PRECISIONS}, not {precision!r}")
+    opt = make_optimizer(list(params), lr)
+    n, m = len(y), len(seeds)
+    autocast = torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    for order in epoch_orders(seeds, epochs, n):
+        order = torch.from_numpy(order).to(x.device)
+        for start in range(0, n, batch_size):
+            idx = order[:, start:start + batch_size]
+            with autocast:
+                out = forward(x[idx])
+            losses = F.cross_entropy(out.flatten(0, 1).float(), y[idx].flatten(), reduction="none")
+            loss = losses.view(m, -1).mean(1).sum()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if on_step is not None:
+                on_step(idx.numel())
+
+
+def fit(model: nn.Module, x, y, epochs: int, batch_size: int, lr: float = 1e-3, seed: int = 0,
+        device: str = "cpu", progress: bool = False) -> nn.Module:
+    """Train `model` in place with Adam + cross-entropy on (x, y); the data order depends on `seed`
+    alone. Returns the model, in eval mode, on `device`."""
+    if epochs < 1 or batch_size < 1:
+        raise LinfiltError(f"epochs and batch_size must be positive, got {epochs} and {batch_size}")
+    x, y = as_tensors(x, y, device)
+    head = getattr(model, "head", None)
+    if isinstance(head, nn.Linear):
+        check_labels(y, head.out_features)
+    model.to(device).train()
+    with tqdm(total=epochs * len(y), unit="img", unit_scale=True, disable=not progress,
+              desc="fit") as bar:
+        train_steps(lambda xb: model(xb[0]).unsqueeze(0), model.parameters(), x, y, [seed],
+                    epochs, batch_size, lr, on_step=bar.update)
+    return model.eval()
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, x, device: str = "cpu", batch_size: int = 1000) -> np.ndarray:
+    """The model's logits on x, float32 (N, k), in eval mode."""
+    model.to(device).eval()
+    x = torch.as_tensor(x)
+    out = [model(x[i:i + batch_size].to(device, torch.float32)).float().cpu()
+           for i in range(0, len(x), batch_size)]
+    return torch.cat(out).numpy()

@@ -1,0 +1,162 @@
+import copy
+import warnings
+
+import numpy as np
+import pytest
+from scipy.special import softmax
+from sklearn.datasets import load_digits
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.linear_model import LogisticRegression, RidgeClassifier, SGDClassifier
+from sklearn.neural_network import MLPClassifier
+from sklearn.svm import SVC, LinearSVC
+from threadpoolctl import threadpool_limits
+
+from linfilt.errors import IllConditionedError, LinfiltError
+from linfilt.filtration import filtration_matrix, mean_logits
+from linfilt.sklearn import logits, unlearn
+
+NAMES = np.array(["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"])
+
+
+@pytest.fixture(scope="module")
+def digits():
+    X, y = load_digits(return_X_y=True)
+    return X / 16.0, y
+
+
+def _fit(kind, X, y):
+    est = {
+        "logreg": lambda: LogisticRegression(max_iter=300),
+        "sgd": lambda: SGDClassifier(random_state=0),
+        "ridge": lambda: RidgeClassifier(),
+        "linearsvc": lambda: LinearSVC(),
+        "mlp": lambda: MLPClassifier((16,), max_iter=60, random_state=0),
+    }[kind]()
+    # one BLAS thread: on a small, shared machine lbfgs is ~50x slower with thread oversubscription
+    with warnings.catch_warnings(), threadpool_limits(1):
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return est.fit(X, y)
+
+
+KINDS = ["logreg", "sgd", "ridge", "linearsvc", "mlp"]
+
+
+@pytest.fixture(scope="module")
+def fitted(digits):
+    X, y = digits
+    return {kind: _fit(kind, X, y) for kind in KINDS}
+
+
+def _reference_scores(est, X):
+    """Scores computed without linfilt: decision_function, or the MLP's output layer by hand."""
+    if isinstance(est, MLPClassifier):
+        h = X
+        for w, b in zip(est.coefs_[:-1], est.intercepts_[:-1]):
+            h = np.maximum(h @ w + b, 0)  # the fixture's MLP uses relu
+        return h @ est.coefs_[-1] + est.intercepts_[-1]
+    return est.decision_function(X)
+
+
+def test_mlp_logits_are_the_pre_softmax_output_layer(fitted, digits):
+    X, _ = digits
+    mlp = fitted["mlp"]
+    np.testing.assert_allclose(logits(mlp, X), _reference_scores(mlp, X), rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(softmax(logits(mlp, X), axis=1), mlp.predict_proba(X), rtol=1e-7, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("method", ["normalization", "zeroing"])
+def test_scores_are_F_times_original(fitted, digits, kind, method):
+    X, y = digits
+    est = fitted[kind]
+    before = copy.deepcopy(est.__dict__)
+    pinv = kind == "logreg"  # its scores sum to zero: A singular (see the next test)
+    new = unlearn(est, [3, 5], X, y, method=method, per_class=30, allow_pinv=pinv)
+
+    orig = _reference_scores(est, X)
+    F = filtration_matrix(mean_logits(orig, y, 10, per_class=30), [3, 5], method=method, allow_pinv=pinv)
+    np.testing.assert_allclose(logits(new, X), orig @ F.T, rtol=1e-9, atol=1e-9)
+    if hasattr(new, "decision_function"):
+        np.testing.assert_allclose(new.decision_function(X), orig @ F.T, rtol=1e-9, atol=1e-9)
+    np.testing.assert_array_equal(new.classes_, [0, 1, 2, 4, 6, 7, 8, 9])
+    np.testing.assert_array_equal(new.predict(X), new.classes_[np.argmax(orig @ F.T, axis=1)])
+    if isinstance(est, (LogisticRegression, MLPClassifier)):
+        np.testing.assert_allclose(new.predict_proba(X), softmax(orig @ F.T, axis=1), atol=1e-10)
+    # the original is untouched
+    for key, value in before.items():
+        if isinstance(value, np.ndarray):
+            np.testing.assert_array_equal(getattr(est, key), value)
+    np.testing.assert_array_equal(est.classes_, np.arange(10))
+
+
+def test_logreg_singular_A_is_explained(fitted, digits):
+    X, y = digits
+    est = fitted["logreg"]
+    assert np.abs(est.decision_function(X).sum(axis=1)).max() < 1e-8  # the structural cause
+    with pytest.raises(IllConditionedError, match="sum to zero"):
+        unlearn(est, [3], X, y)
+
+
+def test_string_labels(digits):
+    X, y = digits
+    est = _fit("sgd", X, NAMES[y])
+    new = unlearn(est, ["three"], X, NAMES[y], method="naive")
+    np.testing.assert_array_equal(new.classes_, np.delete(np.sort(NAMES), list(np.sort(NAMES)).index("three")))
+    keep = est.classes_ != "three"
+    np.testing.assert_allclose(new.decision_function(X), est.decision_function(X)[:, keep], atol=1e-12)
+    with pytest.raises(LinfiltError, match=r"\['3'\]"):
+        unlearn(est, "3", X, NAMES[y])
+
+
+@pytest.mark.parametrize("kind", ["logreg", "mlp", "linearsvc", "ridge"])
+def test_two_classes_left_use_sklearn_binary_layout(fitted, digits, kind):
+    X, y = digits
+    est = fitted[kind]
+    forget = [0, 1, 2, 3, 4, 5, 6, 7]
+    pinv = kind == "logreg"
+    new = unlearn(est, forget, X, y, allow_pinv=pinv)
+    orig = _reference_scores(est, X)
+    filtered = orig @ filtration_matrix(mean_logits(orig, y, 10), forget, allow_pinv=pinv).T  # (n, 2)
+    np.testing.assert_array_equal(new.classes_, [8, 9])
+    np.testing.assert_allclose(np.ravel(logits(new, X)), filtered[:, 1] - filtered[:, 0], atol=1e-9)
+    np.testing.assert_array_equal(new.predict(X), np.where(filtered[:, 1] > filtered[:, 0], 9, 8))
+    if kind in ("logreg", "mlp"):  # the ones with predict_proba
+        np.testing.assert_allclose(new.predict_proba(X), softmax(filtered, axis=1), atol=1e-10)
+
+
+def test_randomization_reproducible_with_seed(fitted, digits):
+    X, y = digits
+    a = unlearn(fitted["sgd"], [2], X, y, method="randomization", rng=7)
+    b = unlearn(fitted["sgd"], [2], X, y, method="randomization", rng=7)
+    c = unlearn(fitted["sgd"], [2], X, y, method="randomization", rng=8)
+    np.testing.assert_array_equal(a.coef_, b.coef_)
+    assert not np.allclose(a.coef_, c.coef_)
+
+
+def test_bad_inputs(fitted, digits):
+    X, y = digits
+    sgd = fitted["sgd"]
+    with pytest.raises(LinfiltError, match="not fitted"):
+        unlearn(SGDClassifier(), [1], X, y)
+    with pytest.raises(LinfiltError, match="not supported"):
+        unlearn(SVC(kernel="linear").fit(X[:200], y[:200]), [1], X, y)
+    binary = y < 2
+    with pytest.raises(LinfiltError, match="2 classes"):
+        unlearn(_fit("logreg", X[binary], y[binary]), [0], X[binary], y[binary])
+    with pytest.raises(LinfiltError, match="2 classes"):
+        unlearn(_fit("mlp", X[binary], y[binary]), [0], X[binary], y[binary])
+    with pytest.raises(LinfiltError, match="1797 samples but y has 1796"):
+        unlearn(sgd, [1], X, y[:-1])
+    with pytest.raises(LinfiltError, match=r"\[10\]"):
+        unlearn(sgd, [10], X, y)
+    with pytest.raises(LinfiltError, match="empty"):
+        unlearn(sgd, [], X, y)
+    with pytest.raises(LinfiltError, match="leaves 1"):
+        unlearn(sgd, list(range(9)), X, y)
+    with pytest.raises(LinfiltError, match=r"labels \['11'\]"):
+        unlearn(sgd, [1], X, np.where(y == 4, 11, y))
+    with pytest.raises(LinfiltError, match=r"classes \[4\] have no samples"):
+        unlearn(sgd, [1], X[y != 4], y[y != 4])
+    multilabel = np.stack([y % 2, y > 4, y == 0], axis=1).astype(int)
+    with pytest.raises(LinfiltError, match="multilabel"):
+        unlearn(RidgeClassifier().fit(X, multilabel), [0], X, multilabel)
