@@ -99,6 +99,16 @@ def test_normalization_z_has_the_mean_of_the_retained_block(problem):
         assert np.ptp(shift) < 1e-7 * max(1.0, np.abs(A).max())
 
 
+@PROPS
+@given(problems())
+def test_normalization_is_naive_plus_a_shift_common_to_all_outputs(problem):
+    """Why normalization changes no label (the paper's Table 6): B_z - B_naive has constant columns,
+    so F_norm - F_naive has identical rows and adds one amount to every logit of an input."""
+    A, forget = problem
+    D = filtration_matrix(A, forget, "normalization") - filtration_matrix(A, forget, "naive")
+    np.testing.assert_allclose(D, np.broadcast_to(D[0], D.shape), atol=1e-8 * max(1.0, np.abs(D).max()))
+
+
 def test_normalization_matches_the_papers_formula_for_class_0():
     rng = np.random.default_rng(3)
     k = 7
@@ -205,6 +215,7 @@ def test_retained_classes_is_the_new_index_to_id_map():
         (list(range(10)), "at least 2"),
         ([1.0], "integers"),
         (["3"], "integers"),
+        (None, "collection of class ids"),
     ],
 )
 def test_bad_forget_sets(forget, words):

@@ -6,9 +6,18 @@ from torch import nn
 
 from linfilt.errors import LinfiltError
 from linfilt.experiments import inversion as exp
-from linfilt.inversion import invert, reinsert_logits
+from linfilt.inversion import class_probabilities, invert, reinsert_logits
 
 SHAPE = (1, 4, 3)  # one tiny grey-scale "image": 12 pixels
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: on a busy 2-core machine a second intra-op thread only spins (10x slower)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def _softmax(z: np.ndarray) -> np.ndarray:
@@ -105,6 +114,18 @@ def test_reinserted_logits_sit_at_the_forgotten_indices():
         for c in forgotten:
             assert torch.all(full[:, c] == -2.0)
     torch.testing.assert_close(reinsert_logits(logits, []), logits)
+
+
+def test_class_probabilities_of_a_filtered_model():
+    model = _linear(4, seed=2)
+    W = model[1].weight.detach().double().numpy()
+    b = model[1].bias.detach().double().numpy()
+    x = np.random.default_rng(0).random((3, *SHAPE)).astype(np.float32)
+    got = class_probabilities(model, x, forgotten=[1, 4], forgotten_logit=0.5)
+    z = np.empty((3, 6))
+    z[:, [0, 2, 3, 5]] = x.reshape(3, -1) @ W.T + b
+    z[:, [1, 4]] = 0.5
+    np.testing.assert_allclose(got, _softmax(z), atol=1e-6)
 
 
 def test_clipping_keeps_pixels_in_unit_interval():
@@ -254,11 +275,22 @@ def test_run_writes_figures_and_consistent_numbers(tmp_path):
     assert json.loads((tmp_path / "metrics.json").read_text())["markdown"] == result["markdown"]
 
 
+class _Pooled(nn.Module):
+    """Average-pooled pixels -> Linear(40): cheap, and its head is found by `unlearn`."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.body = nn.Sequential(nn.AvgPool2d(8), nn.Flatten())
+        self.head = nn.Linear(14 * 11, 40)
+
+    def forward(self, x):
+        return self.head(self.body(x))
+
+
 def test_run_resnet_forgets_four_people_at_once(tmp_path):
     """A 40-class stand-in for the ResNet: the filtered models have 36 outputs, s1..s4 reinserted."""
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.AvgPool2d(8), nn.Flatten(), nn.Linear(14 * 11, 40))
-    model.head = model[2]
+    model = _Pooled()
     result = exp.run_resnet(tmp_path, model, progress=False)
     rec = np.load(tmp_path / "resnet_reconstructions.npy")
     assert rec.shape == (3, 8, 112, 92)

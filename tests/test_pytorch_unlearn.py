@@ -93,6 +93,23 @@ def test_every_kind_of_data_gives_the_same_model(trained, digits, shape):
     assert new.linfilt_filtration.steps[0].samples == 100
 
 
+def test_first_s_per_class_stops_reading_a_loader_early(trained, digits):
+    x, y, _, _ = digits
+    read = []
+
+    class Counting(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(y)
+
+        def __getitem__(self, i):
+            read.append(i)
+            return torch.from_numpy(x[i]), int(y[i])
+
+    linfilt.unlearn(trained, [0], DataLoader(Counting(), batch_size=10), per_class=5)
+    needed = max(np.flatnonzero(y == j)[4] for j in range(10)) + 1  # up to the 5th image of each class
+    assert needed <= len(read) < needed + 10
+
+
 def test_random_per_class_is_reproducible(trained, digits):
     x, y, xt, _ = digits
     a, b, c = (linfilt.unlearn(trained, 0, (x, y), per_class=5, rng=r) for r in (1, 1, 2))

@@ -39,6 +39,7 @@ __all__ = [
     "AccuracyLoss",
     "AttackResult",
     "AttackSets",
+    "ClassifierFactory",
     "Estimate",
     "LabelsChanged",
     "PredictedDistribution",
@@ -270,7 +271,9 @@ def _attack_sets(
     return AttackSets(*sides[0], *sides[1])
 
 
-def _orders(entropy: int, repeat: int, fixed_first: bool, sizes: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+def _orders(
+    entropy: int, repeat: int, fixed_first: bool, sizes: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
     """Model orders of both populations in one repeat; the first test_fraction are test models."""
     if repeat == 0 and fixed_first:
         return np.arange(sizes[0]), np.arange(sizes[1])
@@ -527,7 +530,11 @@ def attack_advantage(
 
 
 def floor_advantage(
-    retrained: np.ndarray, retrained2: np.ndarray, labels: np.ndarray, forget: int | Iterable[int], **kwargs: Any
+    retrained: np.ndarray,
+    retrained2: np.ndarray,
+    labels: np.ndarray,
+    forget: int | Iterable[int],
+    **kwargs: Any,
 ) -> AttackResult:
     """The floor: a second, independent retrained population (labelled 1, in the unlearned
     models' place) attacked against the first (labelled 0), on the same protocol and keywords as
@@ -621,7 +628,11 @@ class LabelsChanged:
 
 
 def labels_changed(
-    logits: np.ndarray, naive_logits: np.ndarray, labels: np.ndarray, num_classes: int, forget: int | Iterable[int]
+    logits: np.ndarray,
+    naive_logits: np.ndarray,
+    labels: np.ndarray,
+    num_classes: int,
+    forget: int | Iterable[int],
 ) -> LabelsChanged:
     """Table 6 for one method against naive; model i of both comes from the same full model."""
     logits = _population("logits", logits)

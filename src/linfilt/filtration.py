@@ -20,7 +20,7 @@ METHODS = ("naive", "normalization", "randomization", "zeroing")
 MAX_CONDITION = 1e12
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Filtration:
     """A filtration matrix with what produced it (for records, CLIs and model files)."""
 
@@ -36,7 +36,10 @@ def check_forget(num_classes: int, forget: int | Iterable[int]) -> tuple[int, ..
     """Validate a forget set (one id or several) and return it as an ascending tuple."""
     if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)):
         raise LinfiltError(f"num_classes must be an integer, got {num_classes!r}")
-    ids = [forget] if isinstance(forget, (int, np.integer)) else list(forget)
+    try:
+        ids = [forget] if isinstance(forget, (int, np.integer)) else list(forget)
+    except TypeError:
+        raise LinfiltError(f"forget must be a class id or a collection of class ids, got {forget!r}") from None
     if not ids:
         raise LinfiltError("the forget set is empty: name at least one class to forget")
     for c in ids:
@@ -234,8 +237,9 @@ def filtration_matrix(
 ) -> np.ndarray:
     """The filtration matrix F (k-|C|, k) with F A = B_z, for method in METHODS.
 
-    naive: z_c = A[R, c], so F selects the retained rows (exactly, for any A); normalization: z_c = A[R, c] shifted so its
-    mean is the mean of A[R, R]; randomization: z_c ~ N(0, I) from rng; zeroing: z_c = 0.
+    naive: z_c = A[R, c], so F selects the retained rows (exactly, for any A); normalization:
+    z_c = A[R, c] shifted so its mean is the mean of A[R, R]; randomization: z_c ~ N(0, I) drawn
+    from rng; zeroing: z_c = 0.
     Raises IllConditionedError when A's condition number reaches MAX_CONDITION, unless allow_pinv.
     """
     return compute_filtration(A, forget, method, rng, allow_pinv).matrix

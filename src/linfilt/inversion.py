@@ -12,7 +12,8 @@ shows how much of that class is still encoded in the retained outputs.
 """
 from __future__ import annotations
 
-from typing import Sequence
+import contextlib
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -42,6 +43,51 @@ def reinsert_logits(
     order = np.concatenate([kept, np.asarray(forgotten)])
     inverse = torch.as_tensor(np.argsort(order), device=logits.device)
     return torch.cat([logits, const], dim=1)[:, inverse]
+
+
+def _placement(model: nn.Module, device: str | torch.device | None) -> tuple[torch.device, torch.dtype]:
+    """Where inputs go: the given device (the model is moved there) or the model's own."""
+    first = next(model.parameters(), None)
+    if device is None:
+        device = first.device if first is not None else torch.device("cpu")
+    else:
+        model.to(device)
+    return torch.device(device), first.dtype if first is not None else torch.float32
+
+
+@contextlib.contextmanager
+def _frozen(model: nn.Module) -> Iterator[None]:
+    """Eval mode without parameter gradients; every module's mode and every flag restored after."""
+    modes = [(m, m.training) for m in model.modules()]
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        model.eval()
+        for p, _ in flags:
+            p.requires_grad_(False)
+        yield
+    finally:
+        for m, mode in modes:
+            m.training = mode
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
+def class_probabilities(
+    model: nn.Module,
+    images: np.ndarray | torch.Tensor,
+    forgotten: Sequence[int] | None = None,
+    forgotten_logit: float = 1.0,
+    device: str | torch.device | None = None,
+) -> np.ndarray:
+    """Softmax over all k classes, forgotten ones re-inserted as in `invert`: (n, k) float64.
+
+    What the inversion maximises, so it tells whether a reconstruction "worked" for the model
+    (whatever it looks like to the eye)."""
+    device, dtype = _placement(model, device)
+    with _frozen(model), torch.no_grad():
+        logits = model(torch.as_tensor(images).to(device, dtype))
+        full = reinsert_logits(logits, tuple(forgotten or ()), forgotten_logit)
+        return torch.softmax(full.double(), dim=1).cpu().numpy()
 
 
 def invert(
@@ -74,19 +120,8 @@ def invert(
     shape = tuple(int(s) for s in shape)
     forgotten = tuple(int(c) for c in forgotten) if forgotten is not None else ()
 
-    first = next(model.parameters(), None)
-    if device is None:
-        device = first.device if first is not None else torch.device("cpu")
-    else:
-        model.to(device)
-    dtype = first.dtype if first is not None else torch.float32
-
-    modes = [(m, m.training) for m in model.modules()]
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    try:
-        model.eval()
-        for p, _ in flags:
-            p.requires_grad_(False)
+    device, dtype = _placement(model, device)
+    with _frozen(model):
         x = torch.full((len(targets_arr), *shape), float(start), dtype=dtype, device=device)
         with torch.no_grad():
             k = model(x[:1]).shape[1] + len(forgotten)
@@ -105,9 +140,4 @@ def invert(
             loss = F.cross_entropy(logits, y, reduction="sum")
             (grad,) = torch.autograd.grad(loss, x)
             x = (x.detach() - step_size * grad).clamp_(0.0, 1.0)
-    finally:
-        for m, mode in modes:
-            m.training = mode
-        for p, flag in flags:
-            p.requires_grad_(flag)
     return x.detach().to("cpu", torch.float32).numpy()

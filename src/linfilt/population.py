@@ -287,15 +287,21 @@ class _Bar:
     """A population's tqdm bar: models done (fractional while a chunk trains), images/s, ETA."""
 
     def __init__(self, population: str, total: int, done: int, enabled: bool) -> None:
-        self.bar = tqdm(total=total, initial=done, desc=population, unit="model", disable=not enabled,
+        self.bar = tqdm(total=total, initial=done, desc=population, disable=not enabled,
+                        mininterval=0.5, smoothing=0.1,
                         bar_format="{desc}: {n:.1f}/{total} models |{bar}| {elapsed}<{remaining}{postfix}")
         self.images, self.start = 0, time.perf_counter()
 
     def step(self, images: int, models: float) -> None:
         self.images += images
-        self.bar.update(models)
         rate = self.images / max(time.perf_counter() - self.start, 1e-9)
         self.bar.set_postfix_str(f"{rate:,.0f} img/s", refresh=False)
+        self.bar.update(models)
+
+    def done(self, models: int) -> None:
+        """Snap to the exact count once a chunk is stored (float steps do not add up exactly)."""
+        self.bar.n = models
+        self.bar.refresh()
 
     def close(self) -> None:
         self.bar.close()
@@ -349,6 +355,8 @@ class _Runner:
         pos = {j: i for i, j in enumerate(indices)}
         for a, b in _ranges(indices):
             self.store.write_chunk(population, a, logits[pos[a]:pos[a] + b - a])
+        if population in self.bars:
+            self.bars[population].done(len(self.store.done(population)))
 
     def _seen_models(self, indices: list[int], cache: dict[int, nn.Module]) -> list[nn.Module]:
         """Seen models j: in memory, saved, or retrained from their seeds (and then stored)."""
@@ -389,6 +397,12 @@ class _Runner:
             bar.close()
 
 
+def _load_dataset(name: str) -> Any:
+    from linfilt.data import load
+
+    return load(name)
+
+
 def train_populations(cfg: PopulationConfig, populations: Sequence[str] = ("seen",), data: Any = None,
                       out: str | Path = "runs", experiment: str = "populations",
                       chunk_size: int | None = None, save_models: bool = False,
@@ -409,9 +423,7 @@ def train_populations(cfg: PopulationConfig, populations: Sequence[str] = ("seen
     if chunk_size < 1:
         raise LinfiltError(f"chunk_size must be positive, not {chunk_size}")
     if data is None:
-        from linfilt.data import load
-
-        data = load(cfg.dataset)
+        data = _load_dataset(cfg.dataset)
     d = _Data(data, cfg.forget, cfg.device)
     root = run_dir(cfg, out, experiment)
     k = len(d.classes)

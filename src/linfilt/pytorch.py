@@ -7,15 +7,14 @@ new model's logits are F times the old ones on every input.
 Class ids never change meaning: a returned model carries a `FiltrationRecord` (attribute
 `linfilt_filtration`) giving the original class id of each output, and a later `unlearn` of that
 model takes `forget` and the data's labels as original ids too (samples of classes forgotten
-earlier are skipped). Forgetting {3} and then {5} this way is, for each method:
+earlier are skipped). Forgetting {3} and then {5} this way, with A estimated from the same samples
+both times, is for each method (derivation and tests: tests/test_sequential.py):
 
 - naive and zeroing: identical to forgetting {3, 5} at once;
-- normalization: the same filtration as {3, 5} at once except for where class 3's mean logits go,
-  namely to F2 z3 (the second step's F applied to the first step's z) instead of z3 computed at
-  once; class 5's z and every retained class are identical (tests/test_sequential.py);
-- randomization: likewise with F2 z3, z3 ~ N(0, I), in place of a fresh N(0, I) draw.
-This holds when both steps estimate A from the same samples (e.g. the same data, all of it or
-the first s per class).
+- normalization: not identical, but every input's logits differ from the at-once model's by one
+  amount common to all outputs, so softmax outputs, labels and cross-entropy are identical;
+- randomization: class 3's mean logits go to F2 z3 (the second filtration applied to the first
+  step's random z3) instead of a fresh N(0, I) draw; everything else as at once.
 """
 from __future__ import annotations
 
@@ -191,6 +190,8 @@ class _Classes:
         self.k = k
 
     def forget_positions(self, forget: int | Iterable[int]) -> tuple[int, ...]:
+        if not isinstance(forget, (int, np.integer)) and not isinstance(forget, Iterable):
+            check_forget(self.k, forget)  # raises its own message
         ids = [forget] if isinstance(forget, (int, np.integer)) else list(forget)
         gone = sorted({int(c) for c in ids if isinstance(c, (int, np.integer)) and c in self.forgotten})
         if gone:
@@ -202,7 +203,9 @@ class _Classes:
                 raise LinfiltError(f"class ids {repeated} are repeated in forget; name each once")
             missing = sorted({int(c) for c in ids if isinstance(c, (int, np.integer)) and int(c) not in where})
             if missing:
-                raise LinfiltError(f"classes {missing} are not outputs of this model (its classes: {self.ids.tolist()})")
+                raise LinfiltError(
+                    f"classes {missing} are not outputs of this model (its classes: {self.ids.tolist()})"
+                )
             ids = [where[int(c)] if isinstance(c, (int, np.integer)) else c for c in ids]
         return check_forget(self.k, ids)
 
@@ -242,10 +245,11 @@ def _batches(data: Any, batch_size: int) -> Iterator[tuple[Any, Any]]:
 
 
 def _logits(
-    runner: _Runner, data: Any, per_class: int | None, rng: np.random.Generator | None,
+    runner: _Runner, data: Any, forget: Any, per_class: int | None, rng: np.random.Generator | None,
     batch_size: int, progress: bool, model: nn.Module,
-) -> tuple[_Classes, np.ndarray, np.ndarray, int | None]:
-    """(classes, logits float64, label positions, per_class still to apply in mean_logits)."""
+) -> tuple[_Classes, tuple[int, ...], np.ndarray, np.ndarray, int | None]:
+    """(classes, forget positions, logits float64, label positions, per_class still to apply in
+    mean_logits). Bad requests are refused as soon as the head is known, before the bulk of the work."""
     if isinstance(data, (tuple, list)) and len(data) == 2:
         x, y = data
         x = x if isinstance(x, torch.Tensor) else np.asarray(x)
@@ -257,6 +261,7 @@ def _logits(
         if runner.head is None:
             runner(x[:1])  # find the head, hence k, before choosing which samples to run
         classes = _Classes(model, runner.head[1].out_features)
+        forget_pos = classes.forget_positions(forget)
         pos, keep = classes.positions(y)
         classes.check_counts(pos, per_class)
         idx = np.flatnonzero(keep)
@@ -267,7 +272,7 @@ def _logits(
             idx = torch.from_numpy(idx)
         starts = range(0, len(idx), batch_size)
         parts = [runner(x[idx[i:i + batch_size]]) for i in tqdm(starts, disable=not progress, desc="logits")]
-        return classes, torch.cat(parts).double().cpu().numpy(), pos, None
+        return classes, forget_pos, torch.cat(parts).double().cpu().numpy(), pos, None
     if not isinstance(data, (DataLoader, Dataset)):
         raise LinfiltError(
             "data must be a DataLoader, a Dataset of (input, label) pairs or an (x, y) pair; "
@@ -278,6 +283,7 @@ def _logits(
         out = runner(xb)
         if classes is None:
             classes = _Classes(model, runner.head[1].out_features)
+            forget_pos = classes.forget_positions(forget)
             counts = np.zeros(classes.k, dtype=np.int64)
         pos, keep = classes.positions(_to_labels(yb))
         parts.append(out[torch.from_numpy(keep).to(out.device)].double().cpu())
@@ -289,7 +295,7 @@ def _logits(
         raise LinfiltError("data is empty: A needs samples of every class")
     pos = np.concatenate(labels)
     classes.check_counts(pos, per_class)
-    return classes, torch.cat(parts).numpy(), pos, per_class
+    return classes, forget_pos, torch.cat(parts).numpy(), pos, per_class
 
 
 def _replace(model: nn.Module, head: nn.Linear, new: nn.Linear) -> nn.Module:
@@ -352,6 +358,7 @@ def unlearn(
         if len(y) != len(values):
             raise LinfiltError(f"{len(values)} logit rows but {len(y)} labels")
         classes = _Classes(model, head_mod.out_features)
+        forget_pos = classes.forget_positions(forget)
         pos, keep = classes.positions(y)
         classes.check_counts(pos, per_class)
         values, todo = values[keep], per_class
@@ -363,12 +370,13 @@ def unlearn(
         try:
             model.eval()
             with torch.no_grad():
-                classes, values, pos, todo = _logits(runner, data, per_class, gen, batch_size, progress, model)
+                classes, forget_pos, values, pos, todo = _logits(
+                    runner, data, forget, per_class, gen, batch_size, progress, model
+                )
         finally:
             for m, mode in modes.items():
                 m.train(mode)
         head_name, head_mod = runner.head
-    forget_pos = classes.forget_positions(forget)
     A = mean_logits(values, pos, classes.k, per_class=todo, rng=gen)
     filt = compute_filtration(A, forget_pos, method, rng=gen, allow_pinv=allow_pinv)
 

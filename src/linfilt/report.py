@@ -134,7 +134,8 @@ def _methods(metrics: dict[str, Any], only: tuple[str, ...] | None = None) -> li
 def render(artifact: str, metrics: dict[str, dict[str, Any]], figures_dir: Path) -> str:
     """One artefact's Markdown section; `metrics` by experiment name."""
     needed, title = ARTIFACTS[artifact]
-    out = [f"## {artifact.capitalize().replace('table', 'Table ').replace('figure', 'Figure ')}: {title}", ""]
+    kind, number = artifact.rstrip("0123456789"), artifact.lstrip("tablefigure")
+    out = [f"## {kind.capitalize()} {number}: {title}", ""]
     for name in needed:
         m = metrics[name]
         p = m["experiment"]["arch_kwargs"].get("p")

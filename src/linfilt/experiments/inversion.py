@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from linfilt import atomic, data
 from linfilt.errors import DataNotFoundError, LinfiltError
-from linfilt.inversion import invert
+from linfilt.inversion import class_probabilities, invert
 from linfilt.modelio import load_model
 from linfilt.models import build, initialize
 from linfilt.population import PopulationConfig, fit, predict_logits, run_dir, train_population
@@ -60,22 +60,30 @@ def train_model(x: np.ndarray, y: np.ndarray, epochs: int, seed: int, device: st
                device=device, progress=progress)
 
 
-def reconstruct(model: nn.Module, x: np.ndarray, y: np.ndarray, progress: bool = False) -> dict[str, np.ndarray]:
-    """Reconstructions of every class: "full" (k, H, W) by the trained model, and per method
-    (k forgotten, k targets, H, W): all classes after filtering out the first index."""
+def reconstruct(model: nn.Module, x: np.ndarray, y: np.ndarray,
+                progress: bool = False) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Reconstructions of every class and the probability each gets for its target class.
+
+    "full": (k, H, W) by the trained model; per method (k forgotten, k targets, H, W): every class
+    after filtering out the first index. Probabilities: (k,) and (k, k) alike."""
     k, shape = int(y.max()) + 1, x.shape[1:]
     kw = {key: SETTINGS[key] for key in ("steps", "step_size", "start", "forgotten_logit")}
-    out = {"full": invert(model, range(k), shape, **kw)[:, 0]}
+    full = invert(model, range(k), shape, **kw)
+    recon = {"full": full[:, 0]}
+    prob = {"full": class_probabilities(model, full)[np.arange(k), np.arange(k)]}
     bar = tqdm(total=len(METHODS) * k, desc="invert", disable=not progress)
     for method in METHODS:
-        rows = []
+        rows, probs = [], []
         for i in range(k):
             filtered = unlearn(model, [i], (x, y), method=method)
-            rows.append(invert(filtered, range(k), shape, forgotten=[i], **kw)[:, 0])
+            images = invert(filtered, range(k), shape, forgotten=[i], **kw)
+            p = class_probabilities(filtered, images, [i], SETTINGS["forgotten_logit"])
+            rows.append(images[:, 0])
+            probs.append(p[np.arange(k), np.arange(k)])
             bar.update()
-        out[method] = np.stack(rows)
+        recon[method], prob[method] = np.stack(rows), np.stack(probs)
     bar.close()
-    return out
+    return recon, prob
 
 
 def pearson(images: np.ndarray, refs: np.ndarray) -> np.ndarray:
@@ -107,8 +115,9 @@ def _fmt(v: float) -> str:
     return f"{v:.2f}"
 
 
-def markdown(sim: dict) -> str:
-    """Two tables: the forgotten person's reconstruction, and the retained people's."""
+def markdown(sim: dict, prob: dict[str, np.ndarray] | None = None) -> str:
+    """Two tables: the forgotten person's reconstruction, and the retained people's; with `prob`
+    (see `reconstruct`) a line on how sure the model is of each reconstruction's class."""
     full = sim["to_mean_face"]["full"]
     k = len(full)
     own = lambda m, i, t: sim["to_mean_face"][m][i, t, t]  # noqa: E731
@@ -141,13 +150,27 @@ def markdown(sim: dict) -> str:
         f"| s{i + 1} | " + " | ".join(map(_fmt, v)) + " |\n" for i, v in enumerate(rows2))
     table2 += "| mean | " + " | ".join(map(_fmt, np.mean(rows2, 0))) + " |\n"
 
-    return (
+    text = (
         "Pearson correlation r of a reconstruction with a person's mean training face (own: the "
         "reconstructed person; other: the highest among the other people), and with the same "
         "class' reconstruction by the full model (1 = unchanged).\n\n"
         "**The forgotten person's reconstruction**\n\n" + table1 +
         "\n**The other people's reconstructions (mean over the retained three)**\n\n" + table2
     )
+    if prob is not None:
+        off = ~np.eye(k, dtype=bool)
+        text += "\n" + _probability_line(
+            {"full model": (prob["full"], prob["full"])}
+            | {m: (np.diagonal(prob[m]), prob[m][off]) for m in METHODS})
+    return text
+
+
+def _probability_line(groups: dict[str, tuple[np.ndarray, np.ndarray]]) -> str:
+    """Mean softmax probability of the reconstructed class, for forgotten and retained targets."""
+    parts = [f"{name} {np.mean(f):.2f} / {np.mean(r):.2f}" for name, (f, r) in groups.items()]
+    return ("Mean probability the model gives a reconstruction's own class (forgotten person / "
+            "retained people; the forgotten class' logit is the re-inserted constant): "
+            + "; ".join(parts) + ".\n")
 
 
 def tile_grid(tiles: np.ndarray, gap: int = 2, fill: float = 1.0) -> np.ndarray:
@@ -198,7 +221,7 @@ def run(out_dir: str | os.PathLike, *, epochs: int = 150, device: str = "cpu", s
     out_dir = Path(out_dir)
     x, y = load_faces(root=root)
     model = train_model(x, y, epochs, seed, device, progress)
-    recon = reconstruct(model, x, y, progress=progress)
+    recon, prob = reconstruct(model, x, y, progress=progress)
     sim = similarities(recon, x, y)
     examples = np.stack([x[y == p, 0][0] for p in range(PEOPLE)])
     for name, grid in figures(recon, examples, person).items():
@@ -213,7 +236,8 @@ def run(out_dir: str | os.PathLike, *, epochs: int = 150, device: str = "cpu", s
         "train_accuracy": float((predict_logits(model, x, device).argmax(1) == y).mean()),
         "pearson_to_mean_face": {k: v.tolist() for k, v in sim["to_mean_face"].items()},
         "pearson_to_full_reconstruction": {k: v.tolist() for k, v in sim["to_full_reconstruction"].items()},
-        "markdown": markdown(sim),
+        "target_probability": {k: v.tolist() for k, v in prob.items()},
+        "markdown": markdown(sim, prob),
     }
     atomic.write_json(out_dir / "metrics.json", result)
     return result
@@ -239,10 +263,12 @@ def resnet_model(source: nn.Module | str | os.PathLike | None, model_index: int 
     return load_model(path)[0].to(device)
 
 
-def resnet_markdown(sim: dict, shown: tuple[int, ...], forget: tuple[int, ...]) -> str:
+def resnet_markdown(sim: dict, prob: dict[str, np.ndarray], shown: tuple[int, ...],
+                    forget: tuple[int, ...]) -> str:
     """One row per shown person: similarity to own / other mean faces and to the full model's
     reconstruction, for the full model and after naive and normalizing filtration of `forget`."""
     mf, ch = sim["to_mean_face"], sim["to_full_reconstruction"]
+    gone = np.isin(shown, forget)
     head = ("| person | forgotten | r own, full | r own, naive | r own, norm. | max r other, full "
             "| max r other, naive | max r other, norm. | r to full recon., naive "
             "| r to full recon., norm. |\n|---|---" + "|---:" * 8 + "|\n")
@@ -261,7 +287,8 @@ def resnet_markdown(sim: dict, shown: tuple[int, ...], forget: tuple[int, ...]) 
     return (
         "Pearson correlation r of each reconstruction with the person's own mean face and the highest "
         f"with any of the other {mf['full'].shape[-1] - 1} people's, and with the full model's "
-        "reconstruction of the same person.\n\n" + head + "".join(lines)
+        "reconstruction of the same person.\n\n" + head + "".join(lines) + "\n"
+        + _probability_line({name: (prob[name][gone], prob[name][~gone]) for name in prob})
     )
 
 
@@ -280,10 +307,15 @@ def run_resnet(out_dir: str | os.PathLike, source: nn.Module | str | os.PathLike
     k = int(y.max()) + 1
     kw = {key: SETTINGS[key] for key in ("steps", "step_size", "start", "forgotten_logit")}
     shown = list(RESNET_SHOWN)
-    recon = {"full": invert(model, shown, x.shape[1:], **kw)[:, 0]}
+    images = invert(model, shown, x.shape[1:], **kw)
+    recon = {"full": images[:, 0]}
+    prob = {"full": class_probabilities(model, images)[np.arange(len(shown)), shown]}
     for method in METHODS:
         filtered = unlearn(model, list(RESNET_FORGET), (x, y), method=method)
-        recon[method] = invert(filtered, shown, x.shape[1:], forgotten=RESNET_FORGET, **kw)[:, 0]
+        images = invert(filtered, shown, x.shape[1:], forgotten=RESNET_FORGET, **kw)
+        recon[method] = images[:, 0]
+        prob[method] = class_probabilities(filtered, images, RESNET_FORGET, kw["forgotten_logit"]
+                                           )[np.arange(len(shown)), shown]
     means = np.stack([x[y == p, 0].mean(0) for p in range(k)])
     sim = {"to_mean_face": {m: pearson(r, means) for m, r in recon.items()},
            "to_full_reconstruction": {m: np.diagonal(pearson(recon[m], recon["full"]))
@@ -301,7 +333,8 @@ def run_resnet(out_dir: str | os.PathLike, source: nn.Module | str | os.PathLike
         "train_accuracy": float((predict_logits(model, x, device).argmax(1) == y).mean()),
         "pearson_to_mean_face": {m: v.tolist() for m, v in sim["to_mean_face"].items()},
         "pearson_to_full_reconstruction": {m: v.tolist() for m, v in sim["to_full_reconstruction"].items()},
-        "markdown": resnet_markdown(sim, tuple(shown), RESNET_FORGET),
+        "target_probability": {m: v.tolist() for m, v in prob.items()},
+        "markdown": resnet_markdown(sim, prob, tuple(shown), RESNET_FORGET),
     }
     atomic.write_json(out_dir / "resnet_metrics.json", result)
     return result

@@ -1,0 +1,88 @@
+import dataclasses
+import re
+
+import numpy as np
+import pytest
+
+from linfilt import apply_filtration, filtration_matrix, mean_logits
+from linfilt.errors import LinfiltError
+from linfilt.experiments import reproduce as rep
+from linfilt.experiments import spec
+from linfilt.experiments.runner import unlearn_population
+
+
+def _population(models=5, n_per_class=20, k=4, seed=0):
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(np.arange(k), n_per_class)
+    centres = rng.normal(scale=4, size=(models, k, k)) + 6 * np.eye(k)
+    logits = centres[:, labels, :] + rng.normal(size=(models, labels.size, k))
+    return logits.astype(np.float32), labels
+
+
+@pytest.mark.parametrize("method,s", [("naive", None), ("normalization", None), ("normalization", 5),
+                                      ("zeroing", None)])
+def test_unlearn_population_equals_a_loop_over_models(method, s):
+    seen, labels = _population()
+    got = unlearn_population(seen, labels, (1,), method, per_class=s)
+    for m in range(len(seen)):
+        F = filtration_matrix(mean_logits(seen[m], labels, 4, per_class=s), [1], method)
+        np.testing.assert_allclose(got[m], apply_filtration(F, seen[m]), rtol=1e-5, atol=1e-4)
+    assert got.shape == (5, 80, 3) and got.dtype == np.float32
+
+
+def test_unlearn_population_randomization_is_seeded_and_differs_per_model():
+    seen, labels = _population()
+    a = unlearn_population(seen, labels, (0,), "randomization", seed=3)
+    np.testing.assert_array_equal(a, unlearn_population(seen, labels, (0,), "randomization", seed=3))
+    assert not np.allclose(a, unlearn_population(seen, labels, (0,), "randomization", seed=4))
+    # Same seen model twice: a per-model z means the two filtered copies differ.
+    twice = np.stack([seen[0], seen[0]])
+    out = unlearn_population(twice, labels, (0,), "randomization", seed=3)
+    assert not np.allclose(out[0], out[1])
+
+
+def test_resolve_orders_and_rejects():
+    assert rep.resolve(["figure3", "table10", "table2"]) == ["table2", "table10", "figure3"]
+    assert set(rep.resolve(["all"])) == set(spec.ARTIFACTS) | set(rep.INVERSION_FIGURES)
+    with pytest.raises(LinfiltError, match="unknown artefact 'table11'"):
+        rep.resolve(["table11"])
+
+
+def test_scaling_validates_and_changes_the_digest():
+    exp = spec.EXPERIMENTS["mnist"]
+    small = exp.scaled(models=10, epochs=1)
+    assert small.models == 10 and small.epochs == 1 and small.digest() != exp.digest()
+    assert exp.full_scale and not small.full_scale
+    with pytest.raises(LinfiltError, match="at least 4 models"):
+        exp.scaled(models=3)
+    with pytest.raises(LinfiltError, match="positive"):
+        exp.scaled(epochs=0)
+
+
+@pytest.mark.slow
+def test_reproduce_mnist_end_to_end_fills_every_cell(tmp_path, monkeypatch):
+    # A handful of models, one epoch, few attack samples: the full flow in CI time.
+    small = dataclasses.replace(spec.EXPERIMENTS["mnist"], forgotten_samples=30, retained_samples=20)
+    monkeypatch.setitem(spec.EXPERIMENTS, "mnist", small)
+    report = rep.reproduce(["table1", "table7", "table8"], tmp_path, models=4, epochs=1, repeats=2,
+                           progress=False)
+    text = report.read_text()
+    for heading in ("Table 1", "Table 7", "Table 8"):
+        assert f"## {heading}:" in text
+    assert "nan" not in text.lower()
+    rows = [line for line in text.splitlines() if line.startswith("| ") and "---" not in line]
+    assert any(r.startswith("| retrain vs retrain (floor) |") for r in rows)
+    advantage_rows = [r for r in rows if re.match(r"\| (naive|normalization|randomization|zeroing) \| \S", r)
+                      and "accuracy" not in r]
+    assert len(advantage_rows) >= 2 * (2 + 4)  # tables 1 and 7, both groups
+    for r in advantage_rows:
+        cells = [c.strip() for c in r.strip("|").split("|")]
+        assert all(cells), r
+    # Table 8 holds accuracies for before, retrained and the four methods.
+    acc = [r for r in rows if re.match(r"\| [^|]+ \| \d+\.\d ± ", r)]
+    assert len(acc) == 6
+    # Rebuilding from cache gives the same report, and a scale never run is refused.
+    assert rep.reproduce(["table1", "table7", "table8"], tmp_path, models=4, epochs=1, repeats=2,
+                         train=False).read_text() == text
+    with pytest.raises(LinfiltError, match="no finished results"):
+        rep.reproduce(["table1"], tmp_path, models=5, epochs=1, repeats=2, train=False)
