@@ -276,13 +276,13 @@ def test_run_writes_figures_and_consistent_numbers(tmp_path):
 
 
 class _Pooled(nn.Module):
-    """Average-pooled pixels -> Linear(40): cheap, and its head is found by `unlearn`."""
+    """Average-pooled pixels -> Linear(k): cheap, and its head is found by `unlearn`."""
 
-    def __init__(self):
+    def __init__(self, k: int = 40):
         super().__init__()
         torch.manual_seed(0)
         self.body = nn.Sequential(nn.AvgPool2d(8), nn.Flatten())
-        self.head = nn.Linear(14 * 11, 40)
+        self.head = nn.Linear(14 * 11, k)
 
     def forward(self, x):
         return self.head(self.body(x))
@@ -302,3 +302,9 @@ def test_run_resnet_forgets_four_people_at_once(tmp_path):
     np.testing.assert_allclose(rec[2, [1, 6]], again[:, 0], atol=1e-5)
     rows = [line for line in result["markdown"].splitlines() if line.startswith("| s")]
     assert [row.split("|")[2].strip() for row in rows] == ["yes"] * 4 + ["no"] * 4
+
+
+def test_run_resnet_refuses_a_model_without_one_output_per_person(tmp_path):
+    with pytest.raises(LinfiltError, match="40"):
+        exp.run_resnet(tmp_path, _Pooled(10), progress=False)
+    assert not any(tmp_path.iterdir())

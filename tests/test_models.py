@@ -11,10 +11,20 @@ from linfilt.population import fit, predict_logits
 from linfilt.training import batch_order
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models on a shared 2-core machine: one thread avoids OpenMP oversubscription stalls."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def test_mlp_matches_numpy_forward():
     m = models.build("mlp", 3, in_features=12, hidden=(5, 4), activation="sigmoid")
     x = torch.rand(7, 1, 3, 4)
-    w = [(l.weight.detach().numpy(), l.bias.detach().numpy()) for l in m.modules() if isinstance(l, nn.Linear)]
+    w = [(lin.weight.detach().numpy(), lin.bias.detach().numpy())
+         for lin in m.modules() if isinstance(lin, nn.Linear)]
     h = x.reshape(7, -1).numpy()
     for W, b in w[:-1]:
         h = 1 / (1 + np.exp(-(h @ W.T + b)))
@@ -107,7 +117,8 @@ def test_fit_matches_independent_adam_and_is_seeded():
     x = rng.random((50, 1, 2, 3)).astype(np.float32)
     y = rng.integers(0, 4, 50)
     model = models.build("mlp", 4, in_features=6, hidden=())
-    w0, b0 = model.head.weight.detach().numpy().astype(np.float64), model.head.bias.detach().numpy().astype(np.float64)
+    w0 = model.head.weight.detach().numpy().astype(np.float64)
+    b0 = model.head.bias.detach().numpy().astype(np.float64)
     fit(model, x, y, epochs=3, batch_size=8, lr=0.01, seed=5)
     w, b = _numpy_softmax_regression(x.reshape(50, -1).astype(np.float64), y, 4, w0, b0, 3, 8, 0.01, 5)
     np.testing.assert_allclose(model.head.weight.detach().numpy(), w, atol=2e-5)

@@ -6,7 +6,6 @@ import subprocess
 import sys
 import textwrap
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,6 +17,15 @@ from linfilt.population import (PopulationConfig, fit, init_model, model_seeds, 
                                 run_dir, train_populations)
 
 ALL = ("seen", "notseen", "transfer")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models on a shared 2-core machine: one thread avoids OpenMP oversubscription stalls."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def _synthetic(shape, k=4, n=40, n_test=12, seed=0):
@@ -84,8 +92,16 @@ def test_same_config_same_logits_whatever_the_chunks(digits, tmp_path):
     assert cfg.strategy == "grouped"  # the CPU default for MLPs
     a = train_populations(cfg, ALL, data=digits, out=tmp_path / "a", chunk_size=1, progress=False)
     b = train_populations(cfg, ALL, data=digits, out=tmp_path / "b", chunk_size=3, progress=False)
+    c = train_populations(cfg, ALL, data=digits, out=tmp_path / "c", chunk_size=3, progress=False)
+    loop = dataclasses.replace(cfg, strategy="loop")
+    d = train_populations(loop, ALL, data=digits, out=tmp_path / "d", chunk_size=1, progress=False)
+    e = train_populations(loop, ALL, data=digits, out=tmp_path / "e", chunk_size=3, progress=False)
     for population in ALL:
-        np.testing.assert_array_equal(a[population], b[population])
+        np.testing.assert_array_equal(b[population], c[population])  # same config: same bits
+        np.testing.assert_array_equal(d[population], e[population])  # one model at a time: same bits
+        # batched by 1 or by 3: the matmul kernels may round differently, nothing more
+        np.testing.assert_allclose(a[population], b[population], rtol=0,
+                                   atol=1e-6 * np.abs(b[population]).max())
     # seeds: distinct per model and per population
     seeds = {model_seeds(0, p, j) for p in ALL for j in range(50)}
     assert len(seeds) == 150
@@ -108,6 +124,11 @@ def test_changed_setting_never_reads_a_stale_result(digits, tmp_path):
     assert not train_populations(base, data=digits, out=tmp_path, progress=False)["seen"].any()
     final.write_bytes(b"not an npy file")
     with pytest.raises(CorruptFileError, match="delete it"):
+        train_populations(base, data=digits, out=tmp_path, progress=False)
+    final.unlink()  # chunks that overlap cannot be assembled into one result
+    chunks = run_dir(base, tmp_path) / "chunks" / "seen"
+    np.save(chunks / "00001-00002.npy", np.zeros((1, 60, 10), np.float32))
+    with pytest.raises(CorruptFileError, match="once each"):
         train_populations(base, data=digits, out=tmp_path, progress=False)
 
 
@@ -141,9 +162,14 @@ def test_transfer_freezes_the_seen_models_layers(digits, tmp_path):
 
 
 _KILL_SCRIPT = textwrap.dedent("""
-    import sys
+    import sys, time
+    import linfilt.population as P
     from linfilt.data import load
     from linfilt.population import PopulationConfig, train_populations
+
+    # pause after each stored chunk, so that the kill surely lands between chunks 1 and 4
+    store = P._Store.write_chunk
+    P._Store.write_chunk = lambda *args: (store(*args), time.sleep(30))
     cfg = PopulationConfig.protocol("digits", [0], models=4, epochs=3, strategy="loop")
     train_populations(cfg, ("seen",), data=load("digits"), out=sys.argv[1], chunk_size=1, progress=False)
 """)
@@ -151,7 +177,8 @@ _KILL_SCRIPT = textwrap.dedent("""
 
 def test_resumes_after_a_kill(tmp_path):
     out = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-c", _KILL_SCRIPT, str(out)])
+    proc = subprocess.Popen([sys.executable, "-c", _KILL_SCRIPT, str(out)],
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
     cfg = PopulationConfig.protocol("digits", [0], models=4, epochs=3, strategy="loop")
     chunks = run_dir(cfg, out) / "chunks" / "seen"
     deadline = time.monotonic() + 120
@@ -184,6 +211,12 @@ def test_bad_requests_are_refused(digits, tmp_path):
         PopulationConfig.protocol("digits", [0], strategy="fast")
     with pytest.raises(LinfiltError, match="protocol"):
         PopulationConfig.protocol("imagenet", [0])
+    with pytest.raises(LinfiltError, match="device"):
+        PopulationConfig.protocol("digits", [0], device="gpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(LinfiltError, match="no CUDA GPU"):
+            train_populations(PopulationConfig.protocol("digits", [0], device="cuda"), data=digits,
+                              out=tmp_path)
     assert not any(tmp_path.iterdir())  # nothing half-written
 
 

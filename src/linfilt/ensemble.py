@@ -32,18 +32,22 @@ def _to_grouped_layout(x: torch.Tensor) -> torch.Tensor:
 
 
 class EnsembleLinear(nn.Module):
-    """M Linear layers as one batched matmul on (M, B, in)."""
+    """M Linear layers as one batched matmul on (M, B, in).
+
+    The weights are kept as (M, in, out), the layout the matmul reads, so that the weight gradient
+    comes out of the batched matmul contiguous (no transposed copy per step).
+    """
 
     def __init__(self, layers: list[nn.Linear]) -> None:
         super().__init__()
-        self.weight = nn.Parameter(torch.stack([l.weight.detach() for l in layers]))
+        self.weight_t = nn.Parameter(torch.stack([l.weight.detach().t() for l in layers]).contiguous())
         self.bias = nn.Parameter(torch.stack([l.bias.detach() for l in layers]))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.baddbmm(self.bias.unsqueeze(1), x, self.weight.transpose(1, 2))
+        return torch.baddbmm(self.bias.unsqueeze(1), x, self.weight_t)
 
     def unstack(self, j: int) -> dict[str, torch.Tensor]:
-        return {"weight": self.weight[j], "bias": self.bias[j]}
+        return {"weight": self.weight_t[j].t(), "bias": self.bias[j]}
 
 
 class EnsembleConv2d(nn.Module):
@@ -160,9 +164,12 @@ class GroupedEnsemble(nn.Module):
             setattr(self.net.get_submodule(parent) if parent else self.net, attr, twin)
 
     def set_channels_last(self, on: bool) -> None:
+        """NHWC activations and weights for the convolutions (the fast layout for GPU kernels)."""
+        fmt = torch.channels_last if on else torch.contiguous_format
         for mod in self.net.modules():
             if isinstance(mod, EnsembleConv2d):
                 mod.channels_last = on
+                mod.weight.data = mod.weight.data.contiguous(memory_format=fmt)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -174,7 +181,7 @@ class GroupedEnsemble(nn.Module):
             if hasattr(mod, "unstack"):
                 for j in range(self.m):
                     for key, t in mod.unstack(j).items():
-                        out[j][f"{name}.{key}"] = t.detach().clone()
+                        out[j][f"{name}.{key}"] = t.detach().contiguous().clone()
         return out
 
 

@@ -85,6 +85,12 @@ def _finite(name: str, array: np.ndarray) -> None:
         raise LinfiltError(f"{name} contains {bad} NaN or infinite values; check the model's outputs")
 
 
+def _class_order(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """Sample indices grouped by class, keeping the given order within each class (a stable sort;
+    on int16 labels numpy's stable sort is a radix sort)."""
+    return np.argsort(labels.astype(np.int16) if num_classes <= 2**15 else labels, kind="stable")
+
+
 def select_per_class(
     labels: np.ndarray, num_classes: int, per_class: int, rng: np.random.Generator | int | None = None
 ) -> np.ndarray:
@@ -104,7 +110,7 @@ def select_per_class(
             f"per_class={per_class} but some classes have fewer samples ({shown}); "
             "pass a smaller per_class or more data"
         )
-    order = np.argsort(labels, kind="stable")  # stable: keeps the given order within a class
+    order = _class_order(labels, num_classes)
     starts = np.concatenate(([0], np.cumsum(counts)))
     picks = []
     for j in range(num_classes):
@@ -161,7 +167,7 @@ def mean_logits(
         counts = np.bincount(labels, minlength=num_classes)
     logits = logits.astype(np.float64)
     _finite("logits", logits)
-    order = np.argsort(labels, kind="stable")
+    order = _class_order(labels, num_classes)
     starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
     sums = np.add.reduceat(logits[order], starts, axis=0)  # row j: sum over class j (none empty)
     return sums.T / counts

@@ -30,7 +30,8 @@ def reinsert_logits(
     """Widen a filtered model's logits (n, k - |C|) back to (n, k).
 
     Output i of the filtered model goes to original class `retained_classes(k, forgotten)[i]`;
-    every forgotten class gets the constant `value` (no gradient flows into it).
+    every forgotten class gets the constant `value` (no gradient flows into it). With |C| equal
+    constants, a forgotten target's softmax probability can never exceed 1/|C|.
     """
     forgotten = tuple(int(c) for c in forgotten)
     if not forgotten:

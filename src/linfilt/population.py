@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import hashlib
 import json
 import re
@@ -37,8 +38,8 @@ from linfilt.ensemble import GroupedEnsemble, VmapEnsemble
 from linfilt.errors import CorruptFileError, LinfiltError
 from linfilt.filtration import check_forget, retained_classes
 from linfilt.models import build, initialize
-from linfilt.training import (PRECISIONS, as_tensors, check_labels, fit, predict_logits,
-                              train_steps)
+from linfilt.training import (PRECISIONS, as_tensors, check_device, check_labels, fit,
+                              predict_logits, train_steps)
 
 __all__ = ["fit", "predict_logits", "PopulationConfig", "PROTOCOL", "POPULATIONS", "STRATEGIES",
            "model_seeds", "init_model", "train_models", "run_dir", "train_populations",
@@ -109,7 +110,10 @@ class PopulationConfig:
             raise LinfiltError(f"strategy must be 'auto' or one of {STRATEGIES}, not {self.strategy!r}")
         if self.precision not in PRECISIONS:
             raise LinfiltError(f"precision must be one of {PRECISIONS}, not {self.precision!r}")
-        device = torch.device(self.device)  # raises for a malformed name
+        try:
+            device = torch.device(self.device)
+        except RuntimeError as exc:
+            raise LinfiltError(f"bad device {self.device!r}: {exc}") from None
         if device.type not in FASTEST:
             raise LinfiltError(f"device must be a CPU or CUDA device, not {self.device!r}")
         if self.strategy == "auto":
@@ -180,7 +184,7 @@ def train_models(models: list[nn.Module], x: torch.Tensor, y: torch.Tensor, orde
             _mode(model, frozen_body)
             train_steps(lambda xb, m=model: m(xb[0]).unsqueeze(0), _trainable(model, frozen_body),
                         x, y, [seed], epochs, batch_size, lr, precision, on_step)
-            model.eval()
+            model.requires_grad_(True).eval()
         return models
     if strategy not in STRATEGIES:
         raise LinfiltError(f"strategy must be one of {STRATEGIES}, not {strategy!r}")
@@ -188,11 +192,16 @@ def train_models(models: list[nn.Module], x: torch.Tensor, y: torch.Tensor, orde
     if strategy == "grouped" and x.is_cuda:
         ensemble.set_channels_last(True)
     _mode(ensemble, frozen_body)
-    train_steps(ensemble, _trainable(ensemble, frozen_body), x, y, order_seeds, epochs, batch_size,
-                lr, precision, on_step)
+    benchmark = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = x.is_cuda  # grouped convolutions: let cuDNN time its kernels
+    try:
+        train_steps(ensemble, _trainable(ensemble, frozen_body), x, y, order_seeds, epochs,
+                    batch_size, lr, precision, on_step)
+    finally:
+        torch.backends.cudnn.benchmark = benchmark
     for model, state in zip(models, ensemble.state_dicts()):
         model.load_state_dict(state)
-        model.eval()
+        model.eval()  # the models' own parameters never had requires_grad turned off
     return models
 
 
@@ -210,11 +219,15 @@ class _Data:
         self.x_test = torch.as_tensor(to_float(dataset.x_test))
         self.y_test = np.asarray(dataset.y_test, dtype=np.int64)
         check_labels(self.y, k)
-        new_label = torch.full((k,), -1, dtype=torch.int64, device=self.y.device)
+
+    @functools.cached_property
+    def kept_data(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The training images of the retained classes, labelled 0..k-|C|-1 in `kept` order."""
+        new_label = torch.full((len(self.classes),), -1, dtype=torch.int64, device=self.y.device)
         new_label[torch.as_tensor(self.kept, device=self.y.device)] = torch.arange(
             len(self.kept), device=self.y.device)
         keep = new_label[self.y] >= 0
-        self.x_kept, self.y_kept = self.x[keep], new_label[self.y[keep]]
+        return self.x[keep], new_label[self.y[keep]]
 
 
 def _ranges(indices: Sequence[int]) -> list[tuple[int, int]]:
@@ -255,15 +268,23 @@ class _Store:
 
     def assemble(self, population: str) -> np.ndarray:
         n_test, k = self.shape[population]
+        chunks = self.chunks(population)
+        covered = sorted(j for a, b in chunks for j in range(a, b))
+        if covered != list(range(self.cfg.models)):
+            raise CorruptFileError(f"the chunk files in {self.root / 'chunks' / population} do not cover "
+                                   f"models 0..{self.cfg.models - 1} once each; delete them and rerun")
         out = np.empty((self.cfg.models, n_test, k), np.float32)
-        for (a, b), path in sorted(self.chunks(population).items()):
+        for (a, b), path in sorted(chunks.items()):
             part = self._load(path, (b - a, n_test, k))
             out[a:b] = part
-        save_npy(self.root / "logits" / f"{population}.npy", out)
+        save_npy(self.final_path(population), out)
         return out
 
+    def final_path(self, population: str) -> Path:
+        return self.root / "logits" / f"{population}.npy"
+
     def final(self, population: str) -> np.ndarray | None:
-        path = self.root / "logits" / f"{population}.npy"
+        path = self.final_path(population)
         if not path.is_file():
             return None
         return self._load(path, (self.cfg.models,) + self.shape[population])
@@ -331,7 +352,7 @@ class _Runner:
         if bodies is not None:  # transfer: the seen model with this new head
             for model, body in zip(models, bodies):
                 model.body = copy.deepcopy(body.body)
-        x, y = (d.x, d.y) if population == "seen" else (d.x_kept, d.y_kept)
+        x, y = (d.x, d.y) if population == "seen" else d.kept_data
         models = [m.to(x.device) for m in models]
         bar = self.bar(population)
         total_images = len(indices) * cfg.epochs * len(y)
@@ -380,7 +401,7 @@ class _Runner:
             chunk = range(a, min(a + chunk_size, self.cfg.models))
             seen_cache: dict[int, nn.Module] = {}
             for population in populations:
-                if self.store.final(population) is not None:
+                if self.store.final_path(population).is_file():
                     continue
                 todo = [j for j in chunk if j not in self.store.done(population)]
                 if not todo:
@@ -411,17 +432,19 @@ def train_populations(cfg: PopulationConfig, populations: Sequence[str] = ("seen
     (M, n_test, classes), by population name.
 
     `data` is a `linfilt.data.load` result (loaded from `cfg.dataset` when None). Finished chunks
-    are kept: a rerun after a kill resumes at the first unfinished chunk. `chunk_size` (default 10
-    on a CPU, 100 on a GPU) sets how many models train at once, not what they become.
+    are kept: a rerun after a kill resumes at the first unfinished chunk. `chunk_size` (default 1
+    for the loop strategy, else 100) sets how many models train at once, not what they become
+    (beyond float rounding: the batched kernels may round differently for another chunk size).
     """
     unknown = [p for p in populations if p not in POPULATIONS]
     if unknown or not populations:
         raise LinfiltError(f"populations must be among {POPULATIONS}, got {list(populations)}")
     populations = [p for p in POPULATIONS if p in populations]
-    if chunk_size is None:
-        chunk_size = 100 if torch.device(cfg.device).type == "cuda" else 10
+    if chunk_size is None:  # the loop trains one model at a time anyway: keep each at once
+        chunk_size = 1 if cfg.strategy == "loop" else 100
     if chunk_size < 1:
         raise LinfiltError(f"chunk_size must be positive, not {chunk_size}")
+    check_device(cfg.device)
     if data is None:
         data = _load_dataset(cfg.dataset)
     d = _Data(data, cfg.forget, cfg.device)

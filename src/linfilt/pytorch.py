@@ -212,11 +212,13 @@ class _Classes:
     def positions(self, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(output positions of the kept samples, mask of kept samples): samples of classes forgotten
         earlier are skipped; any other label that is not a class of the model is an error."""
-        keep = ~np.isin(labels, self.forgotten)
+        keep = ~np.isin(labels, self.forgotten) if len(self.forgotten) else np.ones(len(labels), dtype=bool)
         lab = labels[keep]
-        order = np.argsort(self.ids)
-        pos = order[np.minimum(np.searchsorted(self.ids, lab, sorter=order), self.k - 1)]
-        bad = self.ids[pos] != lab
+        table = np.full(int(self.ids.max()) + 1, -1, dtype=np.int64)  # original id -> output position
+        table[self.ids] = np.arange(self.k)
+        inside = (lab >= 0) & (lab < len(table))
+        pos = np.where(inside, table[np.where(inside, lab, 0)], -1)
+        bad = pos < 0
         if np.any(bad):
             raise LinfiltError(
                 f"labels {sorted(set(lab[bad].tolist()))[:10]} are not classes of this model "

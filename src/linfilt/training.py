@@ -21,8 +21,9 @@ PRECISIONS = ("fp32", "bf16")
 
 
 def make_optimizer(params, lr: float) -> torch.optim.Optimizer:
-    # foreach=False: the same per-tensor arithmetic whether a tensor holds one model or a stack.
-    return torch.optim.Adam(params, lr=lr, eps=ADAM_EPS, foreach=False)
+    # fused: one elementwise kernel per tensor (several times faster than the default on a CPU),
+    # and the same arithmetic per element whether a tensor holds one model or a stack of them.
+    return torch.optim.Adam(params, lr=lr, eps=ADAM_EPS, fused=True)
 
 
 def epoch_orders(seeds: Sequence[int], epochs: int, n: int) -> Iterator[np.ndarray]:
@@ -41,8 +42,21 @@ def batch_order(seed: int, epochs: int, n: int, batch_size: int) -> Iterator[np.
             yield perm[0, start:start + batch_size]
 
 
+def check_device(device: str | torch.device) -> torch.device:
+    """The device, or LinfiltError if this machine cannot train on it."""
+    try:
+        device = torch.device(device)
+    except RuntimeError as exc:
+        raise LinfiltError(f"bad device {device!r}: {exc}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise LinfiltError(f"device {str(device)!r} asked for, but PyTorch sees no CUDA GPU here; "
+                           "use device='cpu' or install a CUDA build of PyTorch")
+    return device
+
+
 def as_tensors(x, y, device: str | torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """Validate (x float NCHW or (N, F), y integer labels) and move them to `device`."""
+    device = check_device(device)
     x = torch.as_tensor(x)
     y = torch.as_tensor(y)
     if x.dim() < 2 or y.dim() != 1 or len(x) != len(y):
@@ -82,9 +96,12 @@ def train_steps(forward: Callable[[torch.Tensor], torch.Tensor], params: Iterabl
         order = torch.from_numpy(order).to(x.device)
         for start in range(0, n, batch_size):
             idx = order[:, start:start + batch_size]
+            flat = idx.reshape(-1)
+            # index_select on rows is several times faster than advanced indexing x[idx]
+            xb = x.index_select(0, flat).view(*idx.shape, *x.shape[1:])
             with autocast:
-                out = forward(x[idx])
-            losses = F.cross_entropy(out.flatten(0, 1).float(), y[idx].flatten(), reduction="none")
+                out = forward(xb)
+            losses = F.cross_entropy(out.flatten(0, 1).float(), y.index_select(0, flat), reduction="none")
             loss = losses.view(m, -1).mean(1).sum()
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -47,6 +47,9 @@ def run(args: argparse.Namespace) -> int:
         raise LinfiltError(f"--forget must be a digit 0..9, got {args.forget}")
     if args.epochs < 1:
         raise LinfiltError(f"--epochs must be positive, got {args.epochs}")
+    # One thread: this model is far too small to gain from more, and on a busy machine threads that
+    # wait for each other make every step several times slower (for training and unlearning alike).
+    torch.set_num_threads(1)
     ds = load("digits")
     x, y, xt, yt = to_float(ds.x_train), ds.y_train, to_float(ds.x_test), ds.y_test
     c = args.forget

@@ -41,7 +41,8 @@ def register(subparsers) -> None:
                    help="how models are batched (auto: the fastest measured for the device)")
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
                    help="bf16 autocast (for GPUs)")
-    p.add_argument("--chunk-size", type=int, help="models trained at once (default 10 on CPU, 100 on GPU)")
+    p.add_argument("--chunk-size", type=int,
+                   help="models trained at once (default 1 with the loop strategy, else 100)")
     p.add_argument("--save-models", action="store_true", help="also save every model (.safetensors)")
     p.add_argument("--out", default="runs", help="results folder (default ./runs)")
     p.add_argument("--experiment", default="populations", help="subfolder of OUT")

@@ -215,7 +215,11 @@ def save_png(path: str | os.PathLike, grid: np.ndarray, scale: int = 2) -> None:
 def run(out_dir: str | os.PathLike, *, epochs: int = 150, device: str = "cpu", seed: int = 0,
         progress: bool = True, person: int = 0, root: str | os.PathLike | None = None) -> dict:
     """Train, unlearn each person, invert, write figure{1,5,6}.png, reconstructions.npy and
-    metrics.json under `out_dir`; return the metrics with the tables as `markdown`."""
+    metrics.json under `out_dir`; return the metrics with the tables as `markdown`.
+
+    reconstructions.npy is float32 (9, 4, 56, 46), [condition, class]: condition 0 the full model,
+    1 + i naive and 5 + i normalizing filtration with person i forgotten. `person` picks Figure 1's.
+    """
     if not 0 <= person < PEOPLE:
         raise LinfiltError(f"person must be 0..{PEOPLE - 1} (s1..s{PEOPLE}), got {person}")
     out_dir = Path(out_dir)
@@ -250,7 +254,7 @@ def resnet_model(source: nn.Module | str | os.PathLike | None, model_index: int 
     when None, that model trained by the population engine with Table 3's settings (cached under
     `cache`; it is the same model as that population's model `model_index`)."""
     if isinstance(source, nn.Module):
-        return source
+        return source.to(device)
     if source is None:
         cfg = PopulationConfig.protocol("att_faces", RESNET_FORGET, models=model_index + 1,
                                         seed=seed, device=device)
@@ -305,6 +309,9 @@ def run_resnet(out_dir: str | os.PathLike, source: nn.Module | str | os.PathLike
     x, y = data.to_float(ds.x_train), ds.y_train.astype(np.int64)
     model = resnet_model(source, model_index, seed, device, progress, cache)
     k = int(y.max()) + 1
+    outputs = predict_logits(model, x[:1], device).shape[1]
+    if outputs != k:
+        raise LinfiltError(f"the model has {outputs} outputs; the AT&T ResNet needs one per person ({k})")
     kw = {key: SETTINGS[key] for key in ("steps", "step_size", "start", "forgotten_logit")}
     shown = list(RESNET_SHOWN)
     images = invert(model, shown, x.shape[1:], **kw)
@@ -328,7 +335,8 @@ def run_resnet(out_dir: str | os.PathLike, source: nn.Module | str | os.PathLike
     result = {
         "config": {"model_index": model_index, "seed": seed, "forgotten": [f"s{p + 1}" for p in RESNET_FORGET],
                    "shown": [f"s{p + 1}" for p in shown],
-                   "source": "module" if isinstance(source, nn.Module) else str(source),
+                   "source": ("module" if isinstance(source, nn.Module) else str(source)
+                              if source is not None else "trained here by the population engine"),
                    **{key: SETTINGS[key] for key in kw}},
         "train_accuracy": float((predict_logits(model, x, device).argmax(1) == y).mean()),
         "pearson_to_mean_face": {m: v.tolist() for m, v in sim["to_mean_face"].items()},
