@@ -86,3 +86,19 @@ def test_reproduce_mnist_end_to_end_fills_every_cell(tmp_path, monkeypatch):
                          train=False).read_text() == text
     with pytest.raises(LinfiltError, match="no finished results"):
         rep.reproduce(["table1"], tmp_path, models=5, epochs=1, repeats=2, train=False)
+
+
+def test_reproduce_inversion_figures_stand_beside_the_report(tmp_path):
+    report = rep.reproduce(["figure5", "figure1"], tmp_path / "runs", epochs=2, progress=False,
+                           report_dir=tmp_path / "report")
+    text = report.read_text()
+    assert report.parent == tmp_path / "report"
+    assert text.index("![figure1](figure1.png)") < text.index("![figure5](figure5.png)")
+    for name in ("figure1", "figure5"):
+        png = tmp_path / "report" / f"{name}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| s1 |" in text  # the similarity table, one row per forgotten person
+    # Rebuilt from cache without training, the report is the same.
+    again = rep.reproduce(["figure1", "figure5"], tmp_path / "runs", epochs=2, train=False,
+                          report_dir=tmp_path / "report")
+    assert again.read_text() == text

@@ -16,6 +16,9 @@ def run(args: argparse.Namespace) -> int:
     from linfilt.experiments.reproduce import reproduce
 
     report = reproduce(args.artifacts, args.out, models=args.models, epochs=args.epochs,
-                       repeats=args.repeats, device=args.device, train=False)
+                       repeats=args.repeats, device=args.device, train=False,
+                       report_dir=args.report_dir)
+    if args.print_report:
+        print(report.read_text())
     print(f"report written to {report}")
     return 0

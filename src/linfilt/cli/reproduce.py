@@ -12,6 +12,8 @@ def add_scale_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repeats", type=int, help="attack repeats behind each interval (default 5)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument("--out", default="runs", help="results folder (default ./runs)")
+    p.add_argument("--report-dir", help="where report.md and its figures go (default: --out)")
+    p.add_argument("--print", action="store_true", dest="print_report", help="also print the report")
 
 
 def register(sub) -> None:
@@ -27,6 +29,9 @@ def run(args: argparse.Namespace) -> int:
     from linfilt.experiments.reproduce import reproduce
 
     report = reproduce(args.artifacts, args.out, models=args.models, epochs=args.epochs,
-                       repeats=args.repeats, device=args.device, n_jobs=args.jobs)
+                       repeats=args.repeats, device=args.device, n_jobs=args.jobs,
+                       report_dir=args.report_dir)
+    if args.print_report:
+        print(report.read_text())
     print(f"report written to {report}")
     return 0

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
-from linfilt.atomic import write_text
+from linfilt.atomic import write_bytes, write_text
 from linfilt.errors import LinfiltError
 from linfilt.experiments.runner import result_dir, run_experiment
 from linfilt.experiments.spec import ARTIFACTS, EXPERIMENTS, Experiment
@@ -39,12 +39,14 @@ def experiments_for(artifacts: Sequence[str], models: int | None, epochs: int | 
 
 def reproduce(artifacts: Sequence[str], out: str | Path = "runs", *, models: int | None = None,
               epochs: int | None = None, repeats: int | None = None, device: str = "cpu",
-              n_jobs: int = 1, train: bool = True, progress: bool = True) -> Path:
+              n_jobs: int = 1, train: bool = True, progress: bool = True,
+              report_dir: str | Path | None = None) -> Path:
     """Run (train=True) or only read back (train=False) what `artifacts` need; write the report.
-    Returns the report's path: `<out>/report.md`, figures beside it."""
+    Returns the report's path: `<report_dir>/report.md` (default `<out>/report.md`), figures beside it."""
     from linfilt.report import render
 
     out = Path(out)
+    report_dir = Path(report_dir) if report_dir is not None else out
     artifacts = resolve(artifacts)
     metrics: dict[str, dict[str, Any]] = {}
     for name, exp in experiments_for(artifacts, models, epochs, repeats).items():
@@ -61,17 +63,17 @@ def reproduce(artifacts: Sequence[str], out: str | Path = "runs", *, models: int
                 "random model splits and image samples, the first repeat is the paper's fixed split]. "
                 "The floor row attacks a second, independent retrained population: what an attack finds "
                 "where there is nothing to find.", ""]
-    sections += [render(a, metrics, out) for a in artifacts if a in ARTIFACTS]
+    sections += [render(a, metrics, report_dir) for a in artifacts if a in ARTIFACTS]
     inversion = [a for a in artifacts if a in INVERSION_FIGURES]
     if inversion:
-        sections.append(_inversion_section(inversion, out, epochs, device, train, progress))
-    report = out / "report.md"
+        sections.append(_inversion_section(inversion, out, report_dir, epochs, device, train, progress))
+    report = report_dir / "report.md"
     write_text(report, "\n".join(sections) + "\n")
     return report
 
 
-def _inversion_section(figures: list[str], out: Path, epochs: int | None, device: str, train: bool,
-                       progress: bool) -> str:
+def _inversion_section(figures: list[str], out: Path, report_dir: Path, epochs: int | None, device: str,
+                       train: bool, progress: bool) -> str:
     from linfilt.experiments import inversion
 
     epochs = epochs or 150
@@ -83,8 +85,9 @@ def _inversion_section(figures: list[str], out: Path, epochs: int | None, device
         result = inversion.run(folder, epochs=epochs, device=device, progress=progress)
     else:
         raise LinfiltError(f"no inversion results at {metrics_path}; run `linfilt reproduce figure5` first")
-    rel = folder.relative_to(out)
     lines = ["## Figures 1, 5, 6: model inversion (AT&T faces, 4 people, inversion MLP)", "",
              f"*{epochs} epochs, on {device}.*", ""]
-    lines += [f"![{f}]({rel}/{f}.png)" for f in figures]
+    for f in figures:  # beside the report, so the report folder stands alone
+        write_bytes(report_dir / f"{f}.png", (folder / f"{f}.png").read_bytes())
+        lines.append(f"![{f}]({f}.png)")
     return "\n".join(lines + ["", result["markdown"], ""])
