@@ -114,8 +114,10 @@ def test_changed_setting_never_reads_a_stale_result(digits, tmp_path):
     assert run_dir(changed, tmp_path) != run_dir(base, tmp_path)
     other = train_populations(changed, data=digits, out=tmp_path, progress=False)["seen"]
     assert np.abs(other - first).max() > 1e-3
-    for name, value in (("forget", (0, 1)), ("seed", 1), ("models", 3), ("batch_size", 16)):
+    for name, value in (("forget", (0, 1)), ("seed", 1), ("batch_size", 16)):
         assert dataclasses.replace(base, **{name: value}).digest() != base.digest()
+    # The population size is not a setting of any model: a grown population shares the folder.
+    assert dataclasses.replace(base, models=3).digest() == base.digest()
     stored = json.loads((run_dir(base, tmp_path) / "config.json").read_text())
     assert stored["lr"] == 1e-3 and stored["epochs"] == 1 and stored["n_train"] == 300
     # a stored result is read back, not retrained; a damaged one is refused
@@ -238,3 +240,23 @@ def test_cli_train_stores_what_the_api_returns(digits, tmp_path, capsys, monkeyp
     acc = (expected["seen"].argmax(2) == digits.y_test).mean(1)
     assert f"{100 * acc.mean():.2f} ± {100 * acc.std():.2f} %" in printed
     assert main(["train", "mnist", "--p", "64", "--out", str(tmp_path)]) == 2
+
+
+def test_growing_a_population_trains_only_the_new_models(digits, tmp_path):
+    small = PopulationConfig.protocol("digits", [0], models=2, epochs=1, strategy="loop")
+    first = train_populations(small, ("seen", "notseen"), data=digits, out=tmp_path, progress=False)
+    chunks = run_dir(small, tmp_path) / "chunks" / "seen"
+    before = {p.name: p.stat().st_mtime_ns for p in chunks.iterdir()}
+    grown = dataclasses.replace(small, models=3)
+    second = train_populations(grown, ("seen", "notseen"), data=digits, out=tmp_path, progress=False)
+    for population in ("seen", "notseen"):
+        assert second[population].shape[0] == 3
+        np.testing.assert_array_equal(second[population][:2], first[population])
+    # the first two models' chunk files were not rewritten: nothing was retrained
+    assert {p.name: p.stat().st_mtime_ns for p in chunks.iterdir() if p.name in before} == before
+    # model 2 is the one a 3-model run from scratch trains
+    fresh = train_populations(grown, ("seen",), data=digits, out=tmp_path / "fresh", progress=False)
+    np.testing.assert_array_equal(second["seen"], fresh["seen"])
+    # a smaller request reads the prefix of the grown population
+    again = train_populations(small, ("seen",), data=digits, out=tmp_path, progress=False)["seen"]
+    np.testing.assert_array_equal(again, first["seen"])

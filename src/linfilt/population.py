@@ -121,8 +121,11 @@ class PopulationConfig:
             object.__setattr__(self, "strategy", chosen)
 
     def key(self) -> dict[str, Any]:
-        """What the hash is made of: every field, the device by type only, the engine version."""
+        """What the hash is made of: every field but `models`, the device by type only, the engine
+        version. Model j does not depend on the population size, so a population grown from 20 to
+        100 models reuses its first 20 (and a smaller request reads a prefix)."""
         key = dataclasses.asdict(self)
+        del key["models"]
         key["device"] = torch.device(self.device).type
         key["engine"] = ENGINE_VERSION
         return key
@@ -260,7 +263,8 @@ class _Store:
         return found
 
     def done(self, population: str) -> set[int]:
-        return {j for a, b in self.chunks(population) for j in range(a, b)}
+        """Finished models among the first `models` (a larger earlier run may have more)."""
+        return {j for a, b in self.chunks(population) for j in range(a, min(b, self.cfg.models))}
 
     def write_chunk(self, population: str, a: int, logits: np.ndarray) -> None:
         b = a + len(logits)
@@ -268,15 +272,16 @@ class _Store:
 
     def assemble(self, population: str) -> np.ndarray:
         n_test, k = self.shape[population]
-        chunks = self.chunks(population)
-        covered = sorted(j for a, b in chunks for j in range(a, b))
-        if covered != list(range(self.cfg.models)):
+        m = self.cfg.models
+        chunks = {(a, b): path for (a, b), path in self.chunks(population).items() if a < m}
+        covered = sorted(j for a, b in chunks for j in range(a, min(b, m)))
+        if covered != list(range(m)):
             raise CorruptFileError(f"the chunk files in {self.root / 'chunks' / population} do not cover "
-                                   f"models 0..{self.cfg.models - 1} once each; delete them and rerun")
-        out = np.empty((self.cfg.models, n_test, k), np.float32)
+                                   f"models 0..{m - 1} once each; delete them and rerun")
+        out = np.empty((m, n_test, k), np.float32)
         for (a, b), path in sorted(chunks.items()):
             part = self._load(path, (b - a, n_test, k))
-            out[a:b] = part
+            out[a:min(b, m)] = part[:m - a]
         save_npy(self.final_path(population), out)
         return out
 
@@ -284,10 +289,24 @@ class _Store:
         return self.root / "logits" / f"{population}.npy"
 
     def final(self, population: str) -> np.ndarray | None:
-        path = self.final_path(population)
-        if not path.is_file():
+        """The assembled logits of the first `models` models, or None while they are not assembled
+        (a final file of fewer models is superseded once the population has grown)."""
+        if not self.assembled(population):
             return None
-        return self._load(path, (self.cfg.models,) + self.shape[population])
+        path = self.final_path(population)
+        arr = self._load(path, (self._models_in(path),) + self.shape[population])
+        return arr[:self.cfg.models].copy() if len(arr) > self.cfg.models else arr
+
+    def assembled(self, population: str) -> bool:
+        path = self.final_path(population)
+        return path.is_file() and self._models_in(path) >= self.cfg.models
+
+    @staticmethod
+    def _models_in(path: Path) -> int:
+        try:
+            return int(np.load(path, mmap_mode="r", allow_pickle=False).shape[0])
+        except (ValueError, OSError, EOFError, IndexError) as exc:
+            raise CorruptFileError(f"{path} is unreadable ({exc}); delete it and rerun") from None
 
     @staticmethod
     def _load(path: Path, shape: tuple[int, ...]) -> np.ndarray:
@@ -401,7 +420,7 @@ class _Runner:
             chunk = range(a, min(a + chunk_size, self.cfg.models))
             seen_cache: dict[int, nn.Module] = {}
             for population in populations:
-                if self.store.final_path(population).is_file():
+                if self.store.assembled(population):
                     continue
                 todo = [j for j in chunk if j not in self.store.done(population)]
                 if not todo:
