@@ -12,7 +12,7 @@ import numpy as np
 
 from linfilt.atomic import atomic_path
 from linfilt.experiments import paper
-from linfilt.experiments.spec import ARTIFACTS, parse_method
+from linfilt.experiments.spec import ARTIFACTS, Experiment, parse_method
 
 CLASSIFIERS = ("NN", "RF", "AB")
 GROUPS = (("forgotten", "unlearned", "UNLEARNED"), ("retained", "remaining", "REMAINING"))
@@ -31,13 +31,10 @@ def _cell(est: dict[str, Any]) -> str:
 
 
 def scale_line(metrics: dict[str, Any]) -> str:
-    exp = metrics["experiment"]
-    from linfilt.population import PROTOCOL
-    epochs = exp["epochs"] or PROTOCOL[exp["dataset"]]["epochs"]
-    full = exp["models"] == 100 and epochs == PROTOCOL[exp["dataset"]]["epochs"]
-    return (f"*{exp['note']}. Scale: {exp['models']} models per population, {epochs} epochs, "
-            f"{exp['repeats']} attack repeats, on {metrics['device']}"
-            f"{' (the paper’s full scale)' if full else ' (paper: 100 models per population)'}.*")
+    exp = Experiment(**metrics["experiment"])
+    return (f"*{exp.note}. Scale: {exp.models} models per population, {exp.trained_epochs} epochs, "
+            f"{exp.repeats} attack repeats, on {metrics['device']}"
+            f"{' (the paper’s full scale)' if exp.full_scale else ' (paper: 100 models per population)'}.*")
 
 
 def advantage_table(metrics: dict[str, Any], rows: list[str], paper_rows: dict | None) -> str:

@@ -56,8 +56,12 @@ class Experiment:
         return dataclasses.replace(self, **changes)
 
     @property
+    def trained_epochs(self) -> int:
+        return self.epochs if self.epochs is not None else PROTOCOL[self.dataset]["epochs"]
+
+    @property
     def full_scale(self) -> bool:
-        return self.models == 100 and self.epochs in (None, PROTOCOL[self.dataset]["epochs"])
+        return self.models == 100 and self.trained_epochs == PROTOCOL[self.dataset]["epochs"]
 
     def population(self, device: str = "cpu", seed: int | None = None) -> PopulationConfig:
         overrides: dict[str, Any] = {"models": self.models, "arch_kwargs": dict(self.arch_kwargs),
