@@ -102,3 +102,14 @@ def test_reproduce_inversion_figures_stand_beside_the_report(tmp_path):
     again = rep.reproduce(["figure1", "figure5"], tmp_path / "runs", epochs=2, train=False,
                           report_dir=tmp_path / "report")
     assert again.read_text() == text
+
+
+def test_report_command_refuses_a_scale_never_run(tmp_path, capsys):
+    from linfilt.cli import main
+
+    assert main(["report", "table1", "--models", "5", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("linfilt report: error: no finished results for mnist")
+    assert not (tmp_path / "report.md").exists()
+    assert main(["reproduce", "table11", "--out", str(tmp_path)]) == 2
+    assert "unknown artefact 'table11'" in capsys.readouterr().err
