@@ -11,13 +11,6 @@ from linfilt.inversion import class_probabilities, invert, reinsert_logits
 SHAPE = (1, 4, 3)  # one tiny grey-scale "image": 12 pixels
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: on a busy 2-core machine a second intra-op thread only spins (10x slower)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _softmax(z: np.ndarray) -> np.ndarray:

@@ -11,13 +11,6 @@ from linfilt.population import fit, predict_logits
 from linfilt.training import batch_order
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models on a shared 2-core machine: one thread avoids OpenMP oversubscription stalls."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_mlp_matches_numpy_forward():

@@ -19,13 +19,6 @@ from linfilt.population import (PopulationConfig, fit, init_model, model_seeds, 
 ALL = ("seen", "notseen", "transfer")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models on a shared 2-core machine: one thread avoids OpenMP oversubscription stalls."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _synthetic(shape, k=4, n=40, n_test=12, seed=0):
