@@ -95,10 +95,9 @@ def run_experiment(exp: Experiment, out: str | Path = "runs", device: str = "cpu
         unlearned[label] = unlearn_population(logits["seen"], labels, forget, method, s, seed=exp.seed)
     unlearn_seconds = time.perf_counter() - started
 
-    rows = {**unlearned}
-    if exp.transfer:
-        rows["transfer"] = logits["transfer"]
-    rows["floor"] = notseen2
+    # Every population that stands in for "retrained": the filtered ones, and the transfer models.
+    candidates = {**unlearned, **({"transfer": logits["transfer"]} if exp.transfer else {})}
+    rows = {**candidates, "floor": notseen2}
     samples = exp.samples(k)
     attacks: dict[str, audit.AttackResult] = {}
     started = time.perf_counter()
@@ -118,12 +117,8 @@ def run_experiment(exp: Experiment, out: str | Path = "runs", device: str = "cpu
     audit_seconds = time.perf_counter() - started
 
     naive = unlearned.get("naive")
-    accuracy = {"before": logits["seen"], "retrained": logits["notseen"], **unlearned}
-    if exp.transfer:
-        accuracy["transfer"] = logits["transfer"]
-    distributions = {"retrained": logits["notseen"], **unlearned}
-    if exp.transfer:
-        distributions["transfer"] = logits["transfer"]
+    accuracy = {"before": logits["seen"], "retrained": logits["notseen"], **candidates}
+    distributions = {"retrained": logits["notseen"], **candidates}
 
     metrics = {
         "experiment": dataclasses.asdict(exp),
