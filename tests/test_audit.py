@@ -200,8 +200,8 @@ def test_seeded_results_repeat_and_do_not_depend_on_other_classes_or_jobs():
     np.testing.assert_array_equal(alone.advantages[:, 0], first.advantages[:, 1])
     other = attack_advantage(a, b, LABELS, [0], classes=[0, 2], repeats=2, seed=12, **SMALL)
     assert not np.array_equal(other.advantages, first.advantages)
-    # the floor is the attack with the second retrained population in the unlearned models' place
-    floor = floor_advantage(b, a, LABELS, [0], **kw)
+    # the plain floor is the attack with the second retrained population in the unlearned models' place
+    floor = floor_advantage(b, a, LABELS, [0], pooled=False, **kw)
     np.testing.assert_array_equal(floor.advantages, first.advantages)
     # a Generator stands for the integer it yields first
     gen = attack_advantage(a, b, LABELS, [0], classes=[2], repeats=2, seed=np.random.default_rng(4), **SMALL)
@@ -323,3 +323,40 @@ def test_bad_inputs_raise_clear_errors():
         labels_changed(a, b[:5], LABELS, K, [0])
     with pytest.raises(LinfiltError, match="class 9 has no test images"):
         predicted_distribution(a, LABELS, 9, K, [0])
+
+
+def test_pooled_floor_is_a_permutation_null_unlike_the_plain_one():
+    # Two retrained populations that differ (a different per-model offset on output 1 of every
+    # image): attacked as given, the attack finds that difference; dealt at random from their
+    # pool, the two groups are exchangeable and the floor is about 0.
+    rng = np.random.default_rng(21)
+    a = population(rng, 20, LABELS)
+    b = population(rng, 20, LABELS)
+    b[:, :, 1] += 6.0
+    kw = dict(classes=[0, 1], repeats=6, seed=5, **SMALL)
+    plain = floor_advantage(a, b, LABELS, [0], pooled=False, **kw)
+    pooled = floor_advantage(a, b, LABELS, [0], **kw)
+    assert (plain.advantages > 0.9).all()
+    assert abs(pooled.advantages.mean()) < 0.15
+    assert pooled.advantages.shape == plain.advantages.shape and not pooled.fixed_first
+    # repeats deal different groups (their advantages differ) yet the whole is seeded
+    assert len(np.unique(pooled.advantages[:, 0, 0])) > 1
+    np.testing.assert_array_equal(pooled.advantages,
+                                  floor_advantage(a, b, LABELS, [0], n_jobs=2, **kw).advantages)
+
+
+def test_pooled_floor_deals_groups_of_the_original_sizes():
+    seen = []
+
+    def spy(seed):
+        class Spy(KNeighborsClassifier):
+            def fit(self, x, y):
+                seen.append((y == 1).sum())
+                return super().fit(x, y)
+        return Spy(1)
+
+    rng = np.random.default_rng(3)
+    a, b = population(rng, 10, LABELS), population(rng, 20, LABELS)
+    floor_advantage(a, b, LABELS, [0], classes=[2], repeats=3, classifiers={"spy": spy}, **SMALL)
+    # the group in the unlearned place has retrained2's size: 20 models, 14 of them train the attack
+    assert seen == [14 * 20] * 3

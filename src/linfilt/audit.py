@@ -534,12 +534,45 @@ def floor_advantage(
     retrained2: np.ndarray,
     labels: np.ndarray,
     forget: int | Iterable[int],
+    *,
+    pooled: bool = True,
+    repeats: int = 1,
+    seed: int | np.random.Generator = 0,
+    progress: Callable[[], None] | None = None,
     **kwargs: Any,
 ) -> AttackResult:
-    """The floor: a second, independent retrained population (labelled 1, in the unlearned
-    models' place) attacked against the first (labelled 0), on the same protocol and keywords as
-    `attack_advantage`. What an attack finds here is noise of finite populations and samples."""
-    return attack_advantage(retrained2, retrained, labels, forget, **kwargs)
+    """The floor: what the attack finds between two retrained populations, where there is
+    nothing to find, on the same protocol and keywords as `attack_advantage`.
+
+    pooled=True (the default) is a permutation null: every repeat pools both populations, deals
+    them at random into two groups of the original sizes and attacks one group (labelled 1, in
+    the unlearned models' place) against the other. The groups are exchangeable, so the floor's
+    expectation is exactly 0, and its spread over repeats covers which models happen to form a
+    population as well as the attack's split and images: the population-level noise that the
+    repeats of `attack_advantage`, which keep both populations fixed, do not show.
+    pooled=False attacks `retrained2` against `retrained` as given (one draw of that noise).
+    """
+    if not pooled:
+        return attack_advantage(retrained2, retrained, labels, forget, repeats=repeats, seed=seed,
+                                progress=progress, **kwargs)
+    first = _population("retrained", retrained)
+    second = _population("retrained2", retrained2)
+    _same_images(second, first, ("retrained2", "retrained"))
+    if isinstance(repeats, bool) or not isinstance(repeats, (int, np.integer)) or repeats < 1:
+        raise LinfiltError(f"repeats must be a positive integer, got {repeats!r}")
+    kwargs.pop("fixed_first", None)  # each repeat deals new populations: no fixed split to keep
+    entropy = _entropy(seed)
+    pool = np.concatenate([second, first])
+    runs = []
+    for r in range(repeats):
+        deal = np.random.default_rng([entropy, 2, r, 0]).permutation(len(pool))
+        attack_seed = int(np.random.SeedSequence([entropy, 3, r, 0]).generate_state(1, np.uint64)[0] >> 1)
+        runs.append(attack_advantage(pool[deal[: len(second)]], pool[deal[len(second):]], labels,
+                                     forget, repeats=1, seed=attack_seed, fixed_first=False,
+                                     progress=progress, **kwargs))
+    head = runs[0]
+    return AttackResult(np.concatenate([run.advantages for run in runs]), head.classes,
+                        head.classifiers, head.forget, False, head.interval, head.level, entropy)
 
 
 def difference(first: AttackResult, second: AttackResult) -> dict[str, Any]:

@@ -61,8 +61,11 @@ def reproduce(artifacts: Sequence[str], out: str | Path = "runs", *, models: int
     sections = ["# linfilt: the paper's results, reproduced", "",
                 "Advantage cells: mean over attack repeats [95% percentile interval over repeats; "
                 "random model splits and image samples, the first repeat is the paper's fixed split]. "
-                "The floor row attacks a second, independent retrained population: what an attack finds "
-                "where there is nothing to find.", ""]
+                "These intervals keep the trained populations fixed. The floor row is a permutation "
+                "null: each repeat pools the retrained population with a second, independent one, "
+                "deals them into two random groups and attacks one against the other. Its expectation "
+                "is exactly 0; its interval shows how far an advantage moves where there is nothing "
+                "to find, including which models happen to form a population.", ""]
     sections += [render(a, metrics, report_dir) for a in artifacts if a in ARTIFACTS]
     inversion = [a for a in artifacts if a in INVERSION_FIGURES]
     if inversion:

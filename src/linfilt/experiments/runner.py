@@ -97,7 +97,7 @@ def run_experiment(exp: Experiment, out: str | Path = "runs", device: str = "cpu
 
     # Every population that stands in for "retrained": the filtered ones, and the transfer models.
     candidates = {**unlearned, **({"transfer": logits["transfer"]} if exp.transfer else {})}
-    rows = {**candidates, "floor": notseen2}
+    rows = {**candidates, "floor": notseen2}  # the floor pools notseen2 with notseen (audit.floor_advantage)
     samples = exp.samples(k)
     attacks: dict[str, audit.AttackResult] = {}
     started = time.perf_counter()
@@ -109,9 +109,12 @@ def run_experiment(exp: Experiment, out: str | Path = "runs", device: str = "cpu
             attacks[row] = attack_from_json(json.loads(path.read_text()))
             bar.update(exp.repeats * k)
             continue
-        attacks[row] = audit.attack_advantage(
-            row_logits, logits["notseen"], labels, forget, repeats=exp.repeats, seed=exp.seed,
-            train_samples=samples, test_samples=samples, n_jobs=n_jobs, progress=lambda: bar.update())
+        attack = audit.floor_advantage if row == "floor" else audit.attack_advantage
+        attacks[row] = attack(
+            logits["notseen"] if row == "floor" else row_logits,
+            row_logits if row == "floor" else logits["notseen"], labels, forget,
+            repeats=exp.repeats, seed=exp.seed, train_samples=samples, test_samples=samples,
+            n_jobs=n_jobs, progress=lambda: bar.update())
         write_json(path, _attack_json(attacks[row]))
     bar.close()
     audit_seconds = time.perf_counter() - started

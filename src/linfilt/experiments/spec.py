@@ -17,7 +17,7 @@ from linfilt.errors import LinfiltError
 from linfilt.population import PROTOCOL, PopulationConfig
 
 # Bump when a change to the runner changes what an experiment computes.
-RUNNER_VERSION = 1
+RUNNER_VERSION = 2  # 2: the floor is the pooled permutation null
 
 
 def parse_method(label: str) -> tuple[str, int | None]:
