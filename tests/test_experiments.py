@@ -4,7 +4,7 @@ import re
 import numpy as np
 import pytest
 
-from linfilt import apply_filtration, filtration_matrix, mean_logits
+from linfilt import apply_filtration, filtration_matrix, mean_logits, report
 from linfilt.errors import LinfiltError
 from linfilt.experiments import reproduce as rep
 from linfilt.experiments import spec
@@ -44,6 +44,8 @@ def test_unlearn_population_randomization_is_seeded_and_differs_per_model():
 def test_resolve_orders_and_rejects():
     assert rep.resolve(["figure3", "table10", "table2"]) == ["table2", "table10", "figure3"]
     assert set(rep.resolve(["all"])) == set(spec.ARTIFACTS) | set(rep.INVERSION_FIGURES)
+    # every artefact that comes from experiment metrics has a layout in the report
+    assert set(report.LAYOUTS) == set(spec.ARTIFACTS)
     with pytest.raises(LinfiltError, match="unknown artefact 'table11'"):
         rep.resolve(["table11"])
 

@@ -5,6 +5,8 @@ experiment name. Nothing here trains or audits: `linfilt report` rebuilds report
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -128,6 +130,62 @@ def _methods(metrics: dict[str, Any], only: tuple[str, ...] | None = None) -> li
     return [r for r in rows if only is None or r in only]
 
 
+def _cifar(table: dict) -> Callable[[dict[str, Any]], dict | None]:
+    """The paper's CIFAR-10 numbers for the experiment's p."""
+    return lambda m: table.get(m["experiment"]["arch_kwargs"].get("p"))
+
+
+def _fixed(table: dict) -> Callable[[dict[str, Any]], dict]:
+    return lambda m: table
+
+
+_ALL = None  # every method the experiment ran, and transfer
+_NAIVE_NORM = ("naive", "normalization")
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How one paper artefact is shown: which kind of table, which of our rows (None: all), and
+    where the paper's numbers for it come from (given the experiment's metrics)."""
+
+    kind: str  # "advantage" (with paired differences unless `differences` is False), "accuracy",
+    # "labels_changed" or "figure3"
+    rows: tuple[str, ...] | None = _ALL
+    paper: Callable[[dict[str, Any]], dict | None] | None = None
+    differences: bool = True
+
+
+LAYOUTS: dict[str, Layout] = {
+    "table1": Layout("advantage", _NAIVE_NORM, _fixed(paper.MNIST_ADVANTAGE)),
+    "table7": Layout("advantage", _ALL, _fixed(paper.MNIST_ADVANTAGE)),
+    "table8": Layout("accuracy", _ALL, _fixed(paper.MNIST_ACCURACY)),
+    "table3": Layout("advantage", _ALL, _fixed(paper.ATT_ADVANTAGE)),
+    "table2": Layout("advantage", ("naive", "normalization", "randomization", "zeroing", "transfer"),
+                     _cifar(paper.CIFAR_ADVANTAGE)),
+    "table4": Layout("advantage", ("naive", "normalization@10", "normalization@100", "normalization"),
+                     _cifar(paper.CIFAR_ADVANTAGE)),
+    "table5": Layout("advantage", _NAIVE_NORM, _cifar(paper.CIFAR_ADVANTAGE), differences=False),
+    "table9": Layout("advantage", _ALL, _cifar(paper.CIFAR_ADVANTAGE)),
+    "table10": Layout("accuracy", _ALL, _cifar(paper.CIFAR_ACCURACY)),
+    "table6": Layout("labels_changed"),
+    "figure3": Layout("figure3"),
+}
+
+
+def _body(layout: Layout, name: str, m: dict[str, Any], figures_dir: Path) -> list[str]:
+    rows = _methods(m, layout.rows)
+    theirs = layout.paper(m) if layout.paper else None
+    if layout.kind == "advantage":
+        return [advantage_table(m, rows, theirs)] + ([difference_table(m, rows)] if layout.differences else [])
+    if layout.kind == "accuracy":
+        return ["", accuracy_table(m, rows, theirs)]
+    if layout.kind == "labels_changed":
+        return ["", labels_changed_table(m)]
+    png = figures_dir / f"figure3-{name}.png"
+    figure3(m, png)
+    return ["", f"![Figure 3, {name}]({png.name})"]
+
+
 def render(artifact: str, metrics: dict[str, dict[str, Any]], figures_dir: Path) -> str:
     """One artefact's Markdown section; `metrics` by experiment name."""
     needed, title = ARTIFACTS[artifact]
@@ -135,38 +193,5 @@ def render(artifact: str, metrics: dict[str, dict[str, Any]], figures_dir: Path)
     out = [f"## {kind.capitalize()} {number}: {title}", ""]
     for name in needed:
         m = metrics[name]
-        p = m["experiment"]["arch_kwargs"].get("p")
-        out += [f"### {name}", "", scale_line(m)]
-        if artifact in ("table1",):
-            rows = _methods(m, ("naive", "normalization"))
-            out += [advantage_table(m, rows, paper.MNIST_ADVANTAGE), difference_table(m, rows)]
-        elif artifact == "table7":
-            rows = _methods(m)
-            out += [advantage_table(m, rows, paper.MNIST_ADVANTAGE), difference_table(m, rows)]
-        elif artifact == "table3":
-            rows = _methods(m)
-            out += [advantage_table(m, rows, paper.ATT_ADVANTAGE), difference_table(m, rows)]
-        elif artifact == "table8":
-            out += ["", accuracy_table(m, _methods(m), paper.MNIST_ACCURACY)]
-        elif artifact == "table10":
-            out += ["", accuracy_table(m, _methods(m), paper.CIFAR_ACCURACY.get(p))]
-        elif artifact == "table2":
-            rows = _methods(m, ("naive", "normalization", "randomization", "zeroing", "transfer"))
-            out += [advantage_table(m, rows, paper.CIFAR_ADVANTAGE.get(p)), difference_table(m, rows)]
-        elif artifact == "table4":
-            rows = _methods(m, ("naive", "normalization@10", "normalization@100", "normalization"))
-            out += [advantage_table(m, rows, paper.CIFAR_ADVANTAGE.get(p)), difference_table(m, rows)]
-        elif artifact == "table5":
-            rows = _methods(m, ("naive", "normalization"))
-            out += [advantage_table(m, rows, paper.CIFAR_ADVANTAGE.get(p))]
-        elif artifact == "table9":
-            rows = _methods(m)
-            out += [advantage_table(m, rows, paper.CIFAR_ADVANTAGE.get(p)), difference_table(m, rows)]
-        elif artifact == "table6":
-            out += ["", labels_changed_table(m)]
-        elif artifact == "figure3":
-            png = figures_dir / f"figure3-{name}.png"
-            figure3(m, png)
-            out += ["", f"![Figure 3, {name}]({png.name})"]
-        out.append("")
+        out += [f"### {name}", "", scale_line(m), *_body(LAYOUTS[artifact], name, m, figures_dir), ""]
     return "\n".join(out)
