@@ -12,7 +12,7 @@ import sys
 from linfilt.errors import LinfiltError
 
 # Subcommand modules under linfilt.cli, in the order `linfilt --help` lists them.
-COMMANDS = ("demo", "unlearn", "data", "train", "reproduce", "report")
+COMMANDS = ("demo", "unlearn", "audit", "data", "train", "reproduce", "report")
 
 
 def build_parser() -> argparse.ArgumentParser:
