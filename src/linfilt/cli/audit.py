@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from linfilt import audit
 from linfilt.atomic import write_json
@@ -111,13 +112,16 @@ def run(args: argparse.Namespace) -> int:
         if getattr(args, flag) < 1:
             raise LinfiltError(f"--{flag} must be a positive integer, got {getattr(args, flag)}")
 
+    rows = len(candidates) + bool(args.retrained2)
+    bar = tqdm(total=rows * args.repeats * len(np.unique(labels)), desc="audit", unit="attack")
     kw = dict(repeats=args.repeats, seed=args.seed, train_samples=args.samples,
-              test_samples=args.samples, n_jobs=args.jobs)
+              test_samples=args.samples, n_jobs=args.jobs, progress=lambda: bar.update())
     attacks = {name: audit.attack_advantage(logits, retrained, labels, args.forget, **kw)
                for name, logits in candidates.items()}
     if args.retrained2:
         attacks["floor"] = audit.floor_advantage(retrained, populations["--retrained2"], labels,
                                                  args.forget, **kw)
+    bar.close()
     summaries = {name: res.summary() for name, res in attacks.items()}
     classifiers = next(iter(attacks.values())).classifiers
     baseline = next(iter(candidates))
