@@ -1,14 +1,16 @@
 import dataclasses
+import json
 import re
 
 import numpy as np
 import pytest
 
-from linfilt import apply_filtration, filtration_matrix, mean_logits, report
+from linfilt import apply_filtration, audit, filtration_matrix, mean_logits, report
 from linfilt.errors import LinfiltError
 from linfilt.experiments import reproduce as rep
 from linfilt.experiments import spec
-from linfilt.experiments.runner import unlearn_population
+from linfilt.experiments.runner import result_dir, unlearn_population
+from linfilt.population import run_dir
 
 
 def _population(models=5, n_per_class=20, k=4, seed=0):
@@ -83,6 +85,20 @@ def test_reproduce_mnist_end_to_end_fills_every_cell(tmp_path, monkeypatch):
     # Table 8 holds accuracies for before, retrained and the four methods.
     acc = [r for r in rows if re.match(r"\| [^|]+ \| \d+\.\d ± ", r)]
     assert len(acc) == 6
+    # The stored attacks are the audit's functions on the stored population logits.
+    exp = small.scaled(models=4, epochs=1, repeats=2)
+    metrics = json.loads((result_dir(exp, tmp_path, "cpu") / "metrics.json").read_text())
+    pops = run_dir(exp.population("cpu"), tmp_path, "mnist")
+    seen, notseen = (np.load(pops / "logits" / f"{p}.npy") for p in ("seen", "notseen"))
+    notseen2 = np.load(run_dir(exp.population("cpu", seed=exp.seed + 1), tmp_path, "mnist")
+                       / "logits" / "notseen.npy")
+    labels = np.load(pops / "test_labels.npy")
+    kw = dict(repeats=2, seed=exp.seed, train_samples=exp.samples(10), test_samples=exp.samples(10))
+    naive = unlearn_population(seen, labels, exp.forget, "naive")
+    np.testing.assert_array_equal(metrics["attacks"]["naive"]["advantages"],
+                                  audit.attack_advantage(naive, notseen, labels, exp.forget, **kw).advantages)
+    np.testing.assert_array_equal(metrics["attacks"]["floor"]["advantages"],
+                                  audit.floor_advantage(notseen, notseen2, labels, exp.forget, **kw).advantages)
     # Rebuilding from cache gives the same report, and a scale never run is refused.
     assert rep.reproduce(["table1", "table7", "table8"], tmp_path, models=4, epochs=1, repeats=2,
                          train=False).read_text() == text

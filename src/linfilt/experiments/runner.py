@@ -97,24 +97,24 @@ def run_experiment(exp: Experiment, out: str | Path = "runs", device: str = "cpu
 
     # Every population that stands in for "retrained": the filtered ones, and the transfer models.
     candidates = {**unlearned, **({"transfer": logits["transfer"]} if exp.transfer else {})}
-    rows = {**candidates, "floor": notseen2}  # the floor pools notseen2 with notseen (audit.floor_advantage)
+    # row -> (attack, its two populations); the floor pools both retrained populations.
+    rows = {row: (audit.attack_advantage, row_logits, logits["notseen"])
+            for row, row_logits in candidates.items()}
+    rows["floor"] = (audit.floor_advantage, logits["notseen"], notseen2)
     samples = exp.samples(k)
     attacks: dict[str, audit.AttackResult] = {}
     started = time.perf_counter()
     bar = tqdm(total=len(rows) * exp.repeats * k, desc=f"{exp.name}: audit", unit="attack",
                disable=not progress)
-    for row, row_logits in rows.items():
+    for row, (attack, first, second) in rows.items():
         path = root / "attacks" / f"{row}.json"
         if path.is_file():
             attacks[row] = attack_from_json(json.loads(path.read_text()))
             bar.update(exp.repeats * k)
             continue
-        attack = audit.floor_advantage if row == "floor" else audit.attack_advantage
-        attacks[row] = attack(
-            logits["notseen"] if row == "floor" else row_logits,
-            row_logits if row == "floor" else logits["notseen"], labels, forget,
-            repeats=exp.repeats, seed=exp.seed, train_samples=samples, test_samples=samples,
-            n_jobs=n_jobs, progress=lambda: bar.update())
+        attacks[row] = attack(first, second, labels, forget, repeats=exp.repeats, seed=exp.seed,
+                              train_samples=samples, test_samples=samples, n_jobs=n_jobs,
+                              progress=lambda: bar.update())
         write_json(path, _attack_json(attacks[row]))
     bar.close()
     audit_seconds = time.perf_counter() - started
