@@ -164,7 +164,7 @@ LAYOUTS: dict[str, Layout] = {
                      _cifar(paper.CIFAR_ADVANTAGE)),
     "table4": Layout("advantage", ("naive", "normalization@10", "normalization@100", "normalization"),
                      _cifar(paper.CIFAR_ADVANTAGE)),
-    "table5": Layout("advantage", _NAIVE_NORM, _cifar(paper.CIFAR_ADVANTAGE), differences=False),
+    "table5": Layout("advantage", _NAIVE_NORM, _cifar(paper.CIFAR_TABLE5), differences=False),
     "table9": Layout("advantage", _ALL, _cifar(paper.CIFAR_ADVANTAGE)),
     "table10": Layout("accuracy", _ALL, _cifar(paper.CIFAR_ACCURACY)),
     "table6": Layout("labels_changed"),
