@@ -131,3 +131,12 @@ def test_report_command_refuses_a_scale_never_run(tmp_path, capsys):
     assert not (tmp_path / "report.md").exists()
     assert main(["reproduce", "table11", "--out", str(tmp_path)]) == 2
     assert "unknown artefact 'table11'" in capsys.readouterr().err
+
+
+def test_labels_changed_rows_follow_the_method_order_not_the_stored_key_order():
+    methods = ["naive", "normalization@10", "normalization", "zeroing"]
+    changed = {m: {"all": 0.1, "unlearned": 0.2, "correct": 0.3} for m in sorted(methods[1:])}
+    metrics = {"experiment": {"methods": methods, "transfer": False}, "labels_changed": changed,
+               "accuracy": {m: {"accuracy_mean": 0.5} for m in methods}}
+    rows = [line.split("|")[1].strip() for line in report.labels_changed_table(metrics).splitlines()[2:]]
+    assert rows == ["normalization, s = 10", "normalization", "zeroing"]

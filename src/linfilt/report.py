@@ -88,7 +88,9 @@ def accuracy_table(metrics: dict[str, Any], rows: list[str], paper_rows: dict | 
 def labels_changed_table(metrics: dict[str, Any]) -> str:
     lines = ["| | all % | unlearned % | correct % | accuracy % | paper (all, unl., cor., acc.) |",
              "|---|---|---|---|---|---|"]
-    for row, ours in metrics["labels_changed"].items():
+    # In the experiment's method order: metrics.json stores its keys sorted.
+    for row in [r for r in _methods(metrics) if r in metrics["labels_changed"]]:
+        ours = metrics["labels_changed"][row]
         theirs = paper.CIFAR_LABELS_CHANGED.get(row)
         acc = 100 * metrics["accuracy"][row]["accuracy_mean"]
         lines.append(f"| {_row_name(row)} | {100 * ours['all']:.1f} | {100 * ours['unlearned']:.1f} | "
