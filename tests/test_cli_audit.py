@@ -64,6 +64,18 @@ def test_audit_numbers_are_the_library_attack_on_the_same_splits(files, capsys):
     assert "| floor | retained |" in printed and "| clean − leaky | forgotten |" in printed
 
 
+def test_retained_samples_is_the_per_class_count(files, capsys):
+    tmp, arrays, paths = files
+    out = tmp / "audit.json"
+    assert _audit(paths, "--retained-samples", "7", "--json", str(out)) == 0
+    samples = {0: SAMPLES, 1: 7, 2: 7, 3: 7}
+    expected = attack_advantage(arrays["clean"], arrays["retrained"], LABELS, [0], repeats=3, seed=4,
+                                train_samples=samples, test_samples=samples)
+    got = json.loads(out.read_text())
+    np.testing.assert_array_equal(got["advantages_per_repeat"]["clean"], expected.advantages)
+    assert "15 (forgotten), 7 (retained)" in capsys.readouterr().out
+
+
 def test_per_class_rows(files, capsys):
     _, _, paths = files
     assert _audit(paths, "--per-class") == 0
@@ -97,3 +109,5 @@ def test_bad_inputs_fail_with_one_clear_error_and_write_nothing(files, capsys):
     _fails(capsys, r"--labels has shape \(119,\)", [*bad_labels, "--candidate", f"x={paths['clean']}"], out)
     _fails(capsys, "--repeats must be a positive integer",
            [*base, "--candidate", f"x={paths['clean']}", "--repeats", "0"], out)
+    _fails(capsys, "--retained-samples must be a positive integer",
+           [*base, "--candidate", f"x={paths['clean']}", "--retained-samples", "0"], out)

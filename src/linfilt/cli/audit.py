@@ -40,6 +40,9 @@ def register(sub) -> None:
     p.add_argument("--repeats", type=int, default=5, help="attack repeats behind each interval (default 5)")
     p.add_argument("--samples", type=int, default=150,
                    help="images of a class per model per side (default 150, the paper's)")
+    p.add_argument("--retained-samples", type=int, metavar="N",
+                   help="images per model per side for retained classes (default: --samples; "
+                        "the paper's MNIST used 100)")
     p.add_argument("--seed", type=int, default=0, help="seed of the model splits and image draws (default 0)")
     p.add_argument("--jobs", type=int, default=1, help="parallel attack fits (default 1)")
     p.add_argument("--per-class", action="store_true", help="also print every class' advantage")
@@ -108,14 +111,19 @@ def run(args: argparse.Namespace) -> int:
     if args.retrained2:
         populations["--retrained2"] = _load(args.retrained2, "--retrained2")
     _check_shapes(populations, labels)
-    for flag in ("repeats", "samples", "jobs"):
+    if args.retained_samples is None:
+        args.retained_samples = args.samples
+    for flag in ("repeats", "samples", "retained_samples", "jobs"):
         if getattr(args, flag) < 1:
-            raise LinfiltError(f"--{flag} must be a positive integer, got {getattr(args, flag)}")
+            raise LinfiltError(f"--{flag.replace('_', '-')} must be a positive integer, "
+                               f"got {getattr(args, flag)}")
+    samples = {int(c): args.samples if c in args.forget else args.retained_samples
+               for c in np.unique(labels)}
 
     rows = len(candidates) + bool(args.retrained2)
     bar = tqdm(total=rows * args.repeats * len(np.unique(labels)), desc="audit", unit="attack")
-    kw = dict(repeats=args.repeats, seed=args.seed, train_samples=args.samples,
-              test_samples=args.samples, n_jobs=args.jobs, progress=lambda: bar.update())
+    kw = dict(repeats=args.repeats, seed=args.seed, train_samples=samples, test_samples=samples,
+              n_jobs=args.jobs, progress=lambda: bar.update())
     attacks = {name: audit.attack_advantage(logits, retrained, labels, args.forget, **kw)
                for name, logits in candidates.items()}
     if args.retrained2:
@@ -129,7 +137,8 @@ def run(args: argparse.Namespace) -> int:
                    for name in candidates if name != baseline}
 
     lines = [f"Attack advantage: mean over {args.repeats} repeats [central 95% of the repeats]; "
-             f"{args.samples} images per model per side; forgotten classes {args.forget}."]
+             f"images per model per side: {args.samples} (forgotten), {args.retained_samples} "
+             f"(retained); forgotten classes {args.forget}."]
     lines += _table("**Advantage** (0: indistinguishable from retrained, 1: always told apart)",
                     summaries, classifiers)
     if differences:
@@ -150,5 +159,6 @@ def run(args: argparse.Namespace) -> int:
         write_json(args.json, {"advantage": plain(summaries), "difference": plain(differences),
                                "advantages_per_repeat": {n: r.advantages.tolist() for n, r in attacks.items()},
                                "classifiers": list(classifiers), "forget": list(args.forget),
-                               "repeats": args.repeats, "samples": args.samples, "seed": args.seed})
+                               "repeats": args.repeats, "samples": args.samples,
+                               "retained_samples": args.retained_samples, "seed": args.seed})
     return 0
