@@ -51,6 +51,7 @@ __all__ = [
     "labels_changed",
     "predicted_distribution",
     "retained_accuracy_loss",
+    "summary_json",
 ]
 
 
@@ -318,6 +319,11 @@ def draw_attack_sets(
                         replace, disjoint_images, test_fraction, _class_rng(entropy, repeat, cls))
 
 
+def _check_repeats(repeats: int) -> None:
+    if isinstance(repeats, bool) or not isinstance(repeats, (int, np.integer)) or repeats < 1:
+        raise LinfiltError(f"repeats must be a positive integer, got {repeats!r}")
+
+
 def _check_fraction(test_fraction: float) -> None:
     if not 0.0 < test_fraction < 1.0:
         raise LinfiltError(f"test_fraction must lie strictly between 0 and 1, got {test_fraction}")
@@ -481,8 +487,7 @@ def attack_advantage(
     labels = _labels(labels, unlearned.shape[1])
     forget_t = _forget(forget)
     _check_fraction(test_fraction)
-    if isinstance(repeats, bool) or not isinstance(repeats, (int, np.integer)) or repeats < 1:
-        raise LinfiltError(f"repeats must be a positive integer, got {repeats!r}")
+    _check_repeats(repeats)
     estimate(np.zeros(1), interval=interval, level=level)  # validates interval and level up front
     classifiers = dict(DEFAULT_CLASSIFIERS if classifiers is None else classifiers)
     if not classifiers:
@@ -558,8 +563,7 @@ def floor_advantage(
     first = _population("retrained", retrained)
     second = _population("retrained2", retrained2)
     _same_images(second, first, ("retrained2", "retrained"))
-    if isinstance(repeats, bool) or not isinstance(repeats, (int, np.integer)) or repeats < 1:
-        raise LinfiltError(f"repeats must be a positive integer, got {repeats!r}")
+    _check_repeats(repeats)
     kwargs.pop("fixed_first", None)  # each repeat deals new populations: no fixed split to keep
     entropy = _entropy(seed)
     pool = np.concatenate([second, first])
@@ -573,6 +577,16 @@ def floor_advantage(
     head = runs[0]
     return AttackResult(np.concatenate([run.advantages for run in runs]), head.classes,
                         head.classifiers, head.forget, False, head.interval, head.level, entropy)
+
+
+def summary_json(summary: dict[str, Any]) -> dict[str, Any]:
+    """`AttackResult.summary()` or `difference()` as JSON: Estimates as dicts, keys (class ids
+    included) as strings."""
+    if isinstance(summary, Estimate):
+        return summary.as_dict()
+    if isinstance(summary, dict):
+        return {str(key): summary_json(value) for key, value in summary.items()}
+    return summary
 
 
 def difference(first: AttackResult, second: AttackResult) -> dict[str, Any]:

@@ -26,7 +26,8 @@ def _row_name(label: str) -> str:
     return names.get(label, method) + (f", s = {s}" if s else "")
 
 
-def _cell(est: dict[str, Any]) -> str:
+def cell(est: dict[str, Any]) -> str:
+    """An estimate (as JSON) for a table: mean [interval], or the mean alone without an interval."""
     if est.get("low") is None or np.isnan(est["low"]):
         return f"{est['mean']:.3f}"
     return f"{est['mean']:.3f} [{est['low']:.2f}, {est['high']:.2f}]"
@@ -50,7 +51,7 @@ def advantage_table(metrics: dict[str, Any], rows: list[str], paper_rows: dict |
             if ours is None:
                 continue
             theirs = (paper_rows or {}).get((paper_group, row))
-            cells = [_cell(ours[c]) for c in CLASSIFIERS]
+            cells = [cell(ours[c]) for c in CLASSIFIERS]
             cells += [f"{v:.3f}" for v in theirs] if theirs else ["—"] * len(CLASSIFIERS)
             lines.append(f"| {_row_name(row)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -67,7 +68,7 @@ def difference_table(metrics: dict[str, Any], rows: list[str]) -> str:
         for group, _, title in GROUPS:
             if group in diff:
                 lines.append(f"| {_row_name(row)} | {title.lower()} | "
-                             + " | ".join(_cell(diff[group][c]) for c in CLASSIFIERS) + " |")
+                             + " | ".join(cell(diff[group][c]) for c in CLASSIFIERS) + " |")
     return "\n".join(lines)
 
 

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from linfilt import audit
 from linfilt.atomic import write_json
 from linfilt.errors import LinfiltError
+from linfilt.report import cell
 
 GROUPS = ("forgotten", "retained")
 
@@ -86,13 +87,7 @@ def _check_shapes(populations: dict[str, np.ndarray], labels: np.ndarray) -> Non
 
 
 def _row(name: str, group: str, summary: dict[str, Any], classifiers: tuple[str, ...]) -> str:
-    return f"| {name} | {group} | " + " | ".join(_cell(summary[c]) for c in classifiers) + " |"
-
-
-def _cell(est: audit.Estimate) -> str:
-    if np.isnan(est.low):
-        return f"{est.mean:.3f}"
-    return f"{est.mean:.3f} [{est.low:.2f}, {est.high:.2f}]"
+    return f"| {name} | {group} | " + " | ".join(cell(summary[c]) for c in classifiers) + " |"
 
 
 def _table(title: str, rows: dict[str, dict[str, Any]], classifiers: tuple[str, ...]) -> list[str]:
@@ -130,10 +125,11 @@ def run(args: argparse.Namespace) -> int:
         attacks["floor"] = audit.floor_advantage(retrained, populations["--retrained2"], labels,
                                                  args.forget, **kw)
     bar.close()
-    summaries = {name: res.summary() for name, res in attacks.items()}
+    summaries = {name: audit.summary_json(res.summary()) for name, res in attacks.items()}
     classifiers = next(iter(attacks.values())).classifiers
     baseline = next(iter(candidates))
-    differences = {f"{name} − {baseline}": audit.difference(attacks[name], attacks[baseline])
+    differences = {f"{name} − {baseline}":
+                   audit.summary_json(audit.difference(attacks[name], attacks[baseline]))
                    for name in candidates if name != baseline}
 
     lines = [f"Attack advantage: mean over {args.repeats} repeats [central 95% of the repeats]; "
@@ -146,17 +142,12 @@ def run(args: argparse.Namespace) -> int:
                         classifiers)
     if args.per_class:
         for name, summary in summaries.items():
-            lines += _table(f"**{name}, per class**", {f"class {c}": {"forgotten" if c in args.forget
-                                                                       else "retained": row}
-                                                        for c, row in summary["per_class"].items()},
-                            classifiers)
+            per_class = {f"class {c}": {"forgotten" if int(c) in args.forget else "retained": row}
+                         for c, row in summary["per_class"].items()}
+            lines += _table(f"**{name}, per class**", per_class, classifiers)
     print("\n".join(lines))
     if args.json:
-        def plain(v):
-            if isinstance(v, audit.Estimate):
-                return v.as_dict()
-            return {str(k): plain(x) for k, x in v.items()} if isinstance(v, dict) else v
-        write_json(args.json, {"advantage": plain(summaries), "difference": plain(differences),
+        write_json(args.json, {"advantage": summaries, "difference": differences,
                                "advantages_per_repeat": {n: r.advantages.tolist() for n, r in attacks.items()},
                                "classifiers": list(classifiers), "forget": list(args.forget),
                                "repeats": args.repeats, "samples": args.samples,

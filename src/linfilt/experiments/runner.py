@@ -49,17 +49,6 @@ def attack_from_json(d: dict[str, Any]) -> audit.AttackResult:
                               tuple(d["forget"]), d["fixed_first"], d["interval"], d["level"], d["seed"])
 
 
-def _summary(summary: dict[str, Any]) -> dict[str, Any]:
-    """AttackResult.summary() as JSON: Estimates as dicts, class ids as strings."""
-    def conv(v):
-        if isinstance(v, audit.Estimate):
-            return v.as_dict()
-        if isinstance(v, dict):
-            return {str(key): conv(val) for key, val in v.items()}
-        return v
-    return conv(summary)
-
-
 def result_dir(exp: Experiment, out: str | Path, device: str) -> Path:
     return Path(out) / exp.name / f"{exp.digest()}-{device.split(':')[0]}"
 
@@ -128,9 +117,9 @@ def run_experiment(exp: Experiment, out: str | Path = "runs", device: str = "cpu
         "device": device,
         "classes": list(data.classes),
         "kept": kept.tolist(),
-        "advantage": {row: _summary(res.summary()) for row, res in attacks.items()},
+        "advantage": {row: audit.summary_json(res.summary()) for row, res in attacks.items()},
         "attacks": {row: _attack_json(res) for row, res in attacks.items()},
-        "difference_vs_naive": ({row: _summary(audit.difference(res, attacks["naive"]))
+        "difference_vs_naive": ({row: audit.summary_json(audit.difference(res, attacks["naive"]))
                                  for row, res in attacks.items() if row not in ("naive", "floor")}
                                 if "naive" in attacks else {}),
         "accuracy": {row: audit.retained_accuracy_loss(l, labels, k, forget).summary()
