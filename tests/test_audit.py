@@ -325,6 +325,35 @@ def test_bad_inputs_raise_clear_errors():
         predicted_distribution(a, LABELS, 9, K, [0])
 
 
+@pytest.mark.parametrize(
+    "kwargs, words",
+    [
+        (dict(forget="10"), "class id"),  # once forgot classes (1, 0)
+        (dict(forget=True), "class id"),
+        (dict(forget=[0.9]), "must be integers"),  # once became class 0
+        (dict(forget=[0, 0]), "repeated"),  # once silently merged
+        (dict(n_jobs=0), "n_jobs must not be 0"),
+        (dict(seed=-1), "seed must be an integer >= 0"),
+        (dict(labels=LABELS.astype(float)), "integer class ids"),
+        (dict(classes=[1, 1]), "repeated"),
+    ],
+)
+def test_bad_arguments_are_refused_before_any_attack(kwargs, words):
+    rng = np.random.default_rng(11)
+    args = dict(unlearned=population(rng, 10, LABELS), retrained=population(rng, 10, LABELS),
+                labels=LABELS, forget=[0]) | kwargs
+    with pytest.raises(LinfiltError, match=words):
+        attack_advantage(**args)
+
+
+def test_indistinguishable_constant_populations_give_zero_advantage():
+    """All-zero logits on both sides: AdaBoost cannot fit a better-than-chance learner (it raised
+    a ValueError); the attack's answer is chance, advantage 0, for every classifier."""
+    zeros = np.zeros((10, len(LABELS), K))
+    result = attack_advantage(zeros, zeros, LABELS, [0], repeats=2, train_samples=5, test_samples=5)
+    np.testing.assert_array_equal(result.advantages, 0.0)
+
+
 def test_pooled_floor_is_a_permutation_null_unlike_the_plain_one():
     # Two retrained populations that differ (a different per-model offset on output 1 of every
     # image): attacked as given, the attack finds that difference; dealt at random from their

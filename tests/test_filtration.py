@@ -302,3 +302,98 @@ def test_other_bad_arguments():
         absorb(F, np.ones((3, 2)))
     with pytest.raises(LinfiltError, match=r"need \(4,\)"):
         absorb(F, np.ones((4, 2)), np.ones(3))
+
+
+def _sum_zero_model(k=10, p=40, n=2000, seed=0, noise=0.0):
+    """Logits of a softmax-symmetric linear model (W's and b's columns sum to zero), with labels."""
+    rng = np.random.default_rng(seed)
+    W = rng.normal(size=(k, p))
+    W -= W.mean(axis=0)
+    b = rng.normal(size=k)
+    b -= b.mean()
+    y = np.arange(n) % k
+    feats = rng.normal(size=(n, p)) + 3 * W[y] / np.linalg.norm(W[y], axis=1, keepdims=True) * 2
+    logits = feats @ W.T + b
+    logits += noise * rng.normal(size=logits.shape) * np.abs(logits).max()
+    return logits, y
+
+
+@pytest.mark.parametrize("noise", [0.0, 1e-15, 1e-9])
+@pytest.mark.parametrize("method", ["normalization", "zeroing", "randomization"])
+def test_sum_zero_logits_get_an_exact_affine_filtration(noise, method):
+    """A is singular by construction; rounding noise must not decide what F is (the pseudo-inverse
+    of old inverted a singular value of ~1e-14 and built entries of ~1e12)."""
+    logits, y = _sum_zero_model(noise=noise)
+    A = mean_logits(logits, y, 10)
+    assert np.linalg.cond(A) > 1e6
+    res = compute_filtration(A, [0, 4], method, rng=3)
+    assert res.affine and not res.pinv and res.condition < 1e6
+    np.testing.assert_allclose(res.matrix @ np.ones(10), 0, atol=1e-12)  # rows orthogonal to 1
+    scale = np.abs(A).max()
+    B = target(A, [0, 4], method, z_draws=np.random.default_rng(3).standard_normal((2, 8)))
+    np.testing.assert_allclose(res.matrix @ A + res.offset[:, None], B, atol=1e-9 * scale)
+    # well-scaled: like the invertible case of the same logits shifted by 1 (softmax-equal)
+    shifted = compute_filtration(mean_logits(logits + 1, y, 10), [0, 4], method, rng=3)
+    assert not shifted.affine
+    assert np.abs(res.matrix).max() <= 10 * np.abs(shifted.matrix).max()
+    np.testing.assert_allclose(res.apply(logits), logits @ res.matrix.T + res.offset, rtol=1e-12)
+    # the same model, same softmax: affine and shifted filtrations differ by a common shift only
+    diff = res.apply(logits) - shifted.apply(logits + 1)
+    tol = 1e-8 if noise < 1e-12 else 1e-5  # logits off the sum-zero plane by the noise
+    assert np.ptp(diff, axis=1).max() <= tol * np.abs(diff).max() + 1e-9
+
+
+def test_normalization_keeps_naive_labels_on_sum_zero_logits():
+    logits, y = _sum_zero_model(seed=5, noise=1e-15)
+    A = mean_logits(logits, y, 10)
+    naive = compute_filtration(A, [2], "naive").apply(logits)
+    norm = compute_filtration(A, [2], "normalization").apply(logits)
+    np.testing.assert_array_equal(norm.argmax(axis=1), naive.argmax(axis=1))
+    assert np.ptp(norm - naive, axis=1).max() <= 1e-10 * np.abs(logits).max()
+
+
+def test_filtration_matrix_refuses_the_affine_case_with_a_pointer():
+    logits, y = _sum_zero_model()
+    with pytest.raises(LinfiltError, match="compute_filtration"):
+        filtration_matrix(mean_logits(logits, y, 10), [1])
+
+
+@pytest.mark.parametrize("scale", [1e-300, 1e-310, 1e-320, 1e300])
+def test_tiny_subnormal_or_huge_A_gives_the_same_finite_F(scale):
+    """F A = B_z is invariant to scaling A (B_z scales with it): the solve must not overflow."""
+    A = np.eye(5) * 4 + np.arange(25).reshape(5, 5) / 25
+    ref = compute_filtration(A, [1], "normalization")
+    got = compute_filtration(A * scale, [1], "normalization")
+    assert np.all(np.isfinite(got.matrix))
+    tol = 1e-9 if scale > 1e-307 else 1e-3  # subnormals keep fewer digits
+    np.testing.assert_allclose(got.matrix, ref.matrix, rtol=tol, atol=tol)
+
+
+def test_pseudo_inverse_has_an_explicit_cutoff():
+    """A singular value at rounding level is dropped, not inverted into entries of ~1e14."""
+    rng = np.random.default_rng(1)
+    A = rng.normal(size=(6, 6))
+    A[:, 2] = A[:, 1] + 1e-15 * rng.normal(size=6)
+    res = compute_filtration(A, [0], "normalization", allow_pinv=True)
+    assert res.pinv and np.abs(res.matrix).max() < 1e3
+
+
+@pytest.mark.parametrize(
+    "call, words",
+    [
+        (lambda: compute_filtration("abc", [0]), "numeric array"),
+        (lambda: compute_filtration(np.eye(4) + 1, [0], rng=-1), "integer seed >= 0"),
+        (lambda: compute_filtration(np.eye(4) + 1, [0], "randomization", rng=1.5), "Generator or an integer"),
+        (lambda: apply_filtration(np.ones(3), np.ones((2, 3))), "2-dimensional"),
+        (lambda: absorb(np.ones(3), np.ones((3, 2))), "2-dimensional"),
+        (lambda: mean_logits(np.ones((4, 2)), np.arange(4) % 2, 2, per_class="5"), "positive integer"),
+        (lambda: mean_logits(np.ones((4, 2)), np.arange(4) % 2, "2"), "integer"),
+        (lambda: mean_logits(np.ones((4, 2)), np.array([0, 1, 0, 1.0]), 2), "integer class ids"),
+        (lambda: check_forget(10, True), "class id"),
+        (lambda: check_forget(10, "10"), "class id"),
+        (lambda: check_forget(10, [np.float64(3)]), "integers"),
+    ],
+)
+def test_bad_arguments_give_one_linfilt_error(call, words):
+    with pytest.raises(LinfiltError, match=words):
+        call()

@@ -256,6 +256,17 @@ def test_head_path_and_ambiguity_with_precomputed_logits(trained, digits):
         (dict(method="delete"), "unknown method"),
         (dict(method="randomization"), "needs rng"),
         (dict(per_class=0), "positive integer"),
+        (dict(per_class="5"), "positive integer"),
+        (dict(per_class=2.0), "positive integer"),
+        (dict(rng=-1), "integer seed >= 0"),
+        (dict(rng="7"), "integer seed >= 0"),
+        (dict(batch_size=0), "batch_size must be a positive integer"),
+        (dict(forget=True), "class id"),
+        (dict(forget="10"), "class id"),
+        (dict(forget=[3.0]), "must be integers"),
+        (dict(forget=[0.9]), "must be integers"),
+        (dict(forget=[-1]), "out of range"),
+        (dict(data=(np.arange(64 * 20).reshape(20, 64), np.arange(20) % 10)), "cannot run on inputs"),
     ],
 )
 def test_bad_requests(trained, digits, kwargs, words):
@@ -286,3 +297,26 @@ def test_bad_data(trained, digits):
         linfilt.unlearn(trained, [1], (x, y), logits=logits_of(trained, x), labels=y)
     with pytest.raises(LinfiltError, match="data must be"):
         linfilt.unlearn(trained, [1], x)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_softmax_symmetric_head_gets_the_affine_filtration(digits, bias):
+    """A head whose logits sum to zero for every input makes A singular; the filtration is then
+    F h + g (exact, no pseudo-inverse), and a bias-less head gains g as its bias."""
+    x, y, xt, _ = digits
+    torch.manual_seed(1)
+    model = build("mlp", 10, in_features=64, hidden=(32,)).double()
+    head = nn.Linear(32, 10, bias=bias).double()
+    with torch.no_grad():
+        head.weight -= head.weight.mean(dim=0)
+        if bias:
+            head.bias -= head.bias.mean()
+    model.head = head
+    assert np.abs(logits_of(model, x).sum(axis=1)).max() < 1e-12
+    new = linfilt.unlearn(model, [FORGET], (x, y))
+    filt = linfilt.filtration.compute_filtration(class_means(logits_of(model, x), y, 10), [FORGET])
+    assert filt.affine and not new.linfilt_filtration.steps[0].pinv
+    np.testing.assert_allclose(logits_of(new, xt), filt.apply(logits_of(model, xt)), rtol=1e-9, atol=1e-9)
+    assert new.head.bias is not None
+    naive = linfilt.unlearn(model, [FORGET], (x, y), method="naive")
+    np.testing.assert_array_equal(logits_of(new, xt).argmax(1), logits_of(naive, xt).argmax(1))

@@ -12,7 +12,7 @@ from sklearn.svm import SVC, LinearSVC
 from threadpoolctl import threadpool_limits
 
 from linfilt.errors import IllConditionedError, LinfiltError
-from linfilt.filtration import filtration_matrix, mean_logits
+from linfilt.filtration import compute_filtration, mean_logits
 from linfilt.sklearn import logits, unlearn
 
 NAMES = np.array(["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"])
@@ -70,18 +70,19 @@ def test_scores_are_F_times_original(fitted, digits, kind, method):
     X, y = digits
     est = fitted[kind]
     before = copy.deepcopy(est.__dict__)
-    pinv = kind == "logreg"  # its scores sum to zero: A singular (see the next test)
-    new = unlearn(est, [3, 5], X, y, method=method, per_class=30, allow_pinv=pinv)
+    new = unlearn(est, [3, 5], X, y, method=method, per_class=30)
 
     orig = _reference_scores(est, X)
-    F = filtration_matrix(mean_logits(orig, y, 10, per_class=30), [3, 5], method=method, allow_pinv=pinv)
-    np.testing.assert_allclose(logits(new, X), orig @ F.T, rtol=1e-9, atol=1e-9)
+    filt = compute_filtration(mean_logits(orig, y, 10, per_class=30), [3, 5], method=method)
+    assert filt.affine == (kind == "logreg")  # its scores sum to zero (see the next tests)
+    expected = orig @ filt.matrix.T + filt.offset
+    np.testing.assert_allclose(logits(new, X), expected, rtol=1e-9, atol=1e-9)
     if hasattr(new, "decision_function"):
-        np.testing.assert_allclose(new.decision_function(X), orig @ F.T, rtol=1e-9, atol=1e-9)
+        np.testing.assert_allclose(new.decision_function(X), expected, rtol=1e-9, atol=1e-9)
     np.testing.assert_array_equal(new.classes_, [0, 1, 2, 4, 6, 7, 8, 9])
-    np.testing.assert_array_equal(new.predict(X), new.classes_[np.argmax(orig @ F.T, axis=1)])
+    np.testing.assert_array_equal(new.predict(X), new.classes_[np.argmax(expected, axis=1)])
     if isinstance(est, (LogisticRegression, MLPClassifier)):
-        np.testing.assert_allclose(new.predict_proba(X), softmax(orig @ F.T, axis=1), atol=1e-10)
+        np.testing.assert_allclose(new.predict_proba(X), softmax(expected, axis=1), atol=1e-10)
     # the original is untouched
     for key, value in before.items():
         if isinstance(value, np.ndarray):
@@ -89,12 +90,40 @@ def test_scores_are_F_times_original(fitted, digits, kind, method):
     np.testing.assert_array_equal(est.classes_, np.arange(10))
 
 
-def test_logreg_singular_A_is_explained(fitted, digits):
+@pytest.mark.parametrize("threads", [1, 2])
+def test_logreg_sum_zero_scores_give_an_exact_well_scaled_affine_filtration(digits, threads):
+    """Multinomial LogisticRegression's scores sum to zero, so A is singular by construction. The
+    affine filtration must be exact, well-scaled, label-preserving for normalization and the same
+    whatever the BLAS threading (the fit's and the solve's)."""
     X, y = digits
-    est = fitted["logreg"]
-    assert np.abs(est.decision_function(X).sum(axis=1)).max() < 1e-8  # the structural cause
-    with pytest.raises(IllConditionedError, match="sum to zero"):
-        unlearn(est, [3], X, y)
+    with warnings.catch_warnings(), threadpool_limits(threads):
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        est = LogisticRegression(max_iter=300).fit(X, y)
+        orig = est.decision_function(X)
+        assert np.abs(orig.sum(axis=1)).max() < 1e-8 * np.abs(orig).max()  # the structural cause
+        naive = unlearn(est, [3], X, y, method="naive")
+        norm = unlearn(est, [3], X, y, method="normalization")
+        filt = compute_filtration(mean_logits(orig, y, 10), [3], "normalization")
+    with threadpool_limits(1):
+        again = compute_filtration(mean_logits(orig, y, 10), [3], "normalization")
+    np.testing.assert_allclose(again.matrix, filt.matrix, rtol=1e-10, atol=1e-12)
+    # the invertible case for the same model: every score shifted by 1 (softmax unchanged), A + 1 1^T
+    shifted = compute_filtration(mean_logits(orig + 1.0, y, 10), [3], "normalization")
+    assert not shifted.affine and filt.affine
+    assert np.abs(filt.matrix).max() <= 10 * np.abs(shifted.matrix).max()
+    expected = orig @ filt.matrix.T + filt.offset
+    scale = np.abs(expected).max()
+    assert np.abs(norm.decision_function(X) - expected).max() <= 1e-9 * scale
+    A = mean_logits(orig, y, 10)  # F a_j + g = b_j for every class j
+    keep = [i for i in range(10) if i != 3]
+    target = A[keep, :].copy()
+    target[:, 3] += A[np.ix_(keep, keep)].mean() - target[:, 3].mean()
+    np.testing.assert_allclose(filt.matrix @ A + filt.offset[:, None], target, atol=1e-10 * np.abs(A).max())
+    # normalization changes no label: its scores are naive's plus one amount common to all outputs
+    np.testing.assert_array_equal(norm.predict(X), naive.predict(X))
+    diff = norm.decision_function(X) - naive.decision_function(X)
+    assert np.ptp(diff, axis=1).max() <= 1e-9 * scale
+    np.testing.assert_allclose(norm.predict_proba(X), naive.predict_proba(X), atol=1e-12)
 
 
 def test_string_labels(digits):
@@ -113,10 +142,9 @@ def test_two_classes_left_use_sklearn_binary_layout(fitted, digits, kind):
     X, y = digits
     est = fitted[kind]
     forget = [0, 1, 2, 3, 4, 5, 6, 7]
-    pinv = kind == "logreg"
-    new = unlearn(est, forget, X, y, allow_pinv=pinv)
+    new = unlearn(est, forget, X, y)
     orig = _reference_scores(est, X)
-    filtered = orig @ filtration_matrix(mean_logits(orig, y, 10), forget, allow_pinv=pinv).T  # (n, 2)
+    filtered = compute_filtration(mean_logits(orig, y, 10), forget).apply(orig)  # (n, 2)
     np.testing.assert_array_equal(new.classes_, [8, 9])
     np.testing.assert_allclose(np.ravel(logits(new, X)), filtered[:, 1] - filtered[:, 0], atol=1e-9)
     np.testing.assert_array_equal(new.predict(X), np.where(filtered[:, 1] > filtered[:, 0], 9, 8))
@@ -151,6 +179,12 @@ def test_bad_inputs(fitted, digits):
         unlearn(sgd, [10], X, y)
     with pytest.raises(LinfiltError, match="empty"):
         unlearn(sgd, [], X, y)
+    # labels of classes_ only: True, 3.0 and "3" do not mean 1 or 3 (integer classes)
+    for bad in (True, [3.0], ["3"], "3", [np.True_]):
+        with pytest.raises(LinfiltError, match="kind of the estimator's classes_"):
+            unlearn(sgd, bad, X, y)
+    with pytest.raises(LinfiltError, match="repeats"):
+        unlearn(sgd, [3, 3], X, y)
     with pytest.raises(LinfiltError, match="leaves 1"):
         unlearn(sgd, list(range(9)), X, y)
     with pytest.raises(LinfiltError, match=r"labels \['11'\]"):

@@ -33,6 +33,7 @@ from sklearn.neighbors import KNeighborsClassifier
 
 from linfilt.errors import LinfiltError
 from linfilt.filtration import retained_classes
+from linfilt.validation import check_class_ids, check_labels, check_n_jobs, is_int
 
 __all__ = [
     "DEFAULT_CLASSIFIERS",
@@ -73,8 +74,30 @@ def _random_forest(seed: int) -> Classifier:
     return RandomForestClassifier(max_depth=5, n_estimators=10, random_state=seed)
 
 
+class _ChanceIfUninformative:
+    """AdaBoost refuses to fit when its first weak learner is no better than chance (all logits
+    equal, say). An attack that cannot beat chance guesses one constant: advantage 0, not a crash."""
+
+    def __init__(self, estimator: Classifier) -> None:
+        self.estimator, self.constant = estimator, None
+
+    def fit(self, x: np.ndarray, y: np.ndarray) -> _ChanceIfUninformative:
+        try:
+            self.estimator.fit(x, y)
+        except ValueError as exc:
+            if "worse than random" not in str(exc):
+                raise
+            self.constant = int(np.bincount(np.asarray(y, dtype=np.int64)).argmax())
+        return self
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        if self.constant is not None:
+            return np.full(len(x), self.constant)
+        return self.estimator.predict(x)
+
+
 def _adaboost(seed: int) -> Classifier:
-    return AdaBoostClassifier(random_state=seed)
+    return _ChanceIfUninformative(AdaBoostClassifier(random_state=seed))
 
 
 # The paper's three attacks (column names of its tables), otherwise scikit-learn's defaults.
@@ -112,11 +135,7 @@ def _labels(labels: Any, n_images: int) -> np.ndarray:
         raise LinfiltError(
             f"labels must be one class id per test image, shape ({n_images},), got shape {arr.shape}"
         )
-    if not np.issubdtype(arr.dtype, np.integer):
-        raise LinfiltError(f"labels must be integer class ids, got dtype {arr.dtype}")
-    if n_images and arr.min() < 0:
-        raise LinfiltError("labels must be class ids >= 0")
-    return arr.astype(np.int64)
+    return check_labels(arr)
 
 
 def _same_images(first: np.ndarray, second: np.ndarray, names: tuple[str, str]) -> None:
@@ -128,11 +147,7 @@ def _same_images(first: np.ndarray, second: np.ndarray, names: tuple[str, str]) 
 
 
 def _forget(forget: int | Iterable[int]) -> tuple[int, ...]:
-    ids = [forget] if isinstance(forget, (int, np.integer)) else list(forget)
-    out = tuple(sorted({int(c) for c in ids}))
-    if any(c < 0 for c in out):
-        raise LinfiltError(f"forget must hold class ids >= 0, got {out}")
-    return out
+    return check_class_ids(forget, "forget")
 
 
 def _output_classes(n_outputs: int, num_classes: int, forget: tuple[int, ...]) -> np.ndarray:
@@ -185,7 +200,7 @@ def _split_sizes(n_models: int, test_fraction: float, name: str) -> int:
 def _entropy(seed: int | np.random.Generator) -> int:
     if isinstance(seed, np.random.Generator):
         return int(seed.integers(2**63))
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+    if not is_int(seed) or seed < 0:
         raise LinfiltError(f"seed must be an integer >= 0 or a numpy Generator, got {seed!r}")
     return int(seed)
 
@@ -492,11 +507,14 @@ def attack_advantage(
     classifiers = dict(DEFAULT_CLASSIFIERS if classifiers is None else classifiers)
     if not classifiers:
         raise LinfiltError("classifiers is empty; give at least one name -> factory(seed)")
-    chosen = tuple(int(c) for c in np.unique(labels)) if classes is None else tuple(int(c) for c in classes)
+    n_jobs = check_n_jobs(n_jobs)
+    if classes is None:
+        chosen = tuple(int(c) for c in np.unique(labels))
+    else:
+        check_class_ids(classes, "classes")  # integers, each once; the given order is kept
+        chosen = tuple(int(c) for c in ([classes] if is_int(classes) else classes))
     if not chosen:
         raise LinfiltError("no class to attack; labels or classes is empty")
-    if len(set(chosen)) != len(chosen):
-        raise LinfiltError(f"classes names a class twice: {chosen}")
     if classes is None:
         missing = [c for c in forget_t if c not in chosen]
         if missing:

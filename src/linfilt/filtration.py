@@ -4,6 +4,14 @@ A (k, k) holds the mean logit vector of class j in column j. For the retained cl
 classes not in C, ascending) B_z has column j = A[R, j] for j in R and column c = z_c for c in C;
 the filtration matrix F (k-|C|, k) solves F A = B_z. Each forgotten column is treated as the
 paper treats class 0. Numpy only: arrays in, arrays out, randomness only through the given rng.
+
+Softmax-symmetric logits (every logit vector sums to zero, as multinomial LogisticRegression's
+scores do) make A singular by construction: 1^T A = 0. Softmax ignores a shift common to all
+outputs, so for them linfilt solves the *affine* filtration F h + g instead: F a_j + g = b_j for
+every class j, with F's rows orthogonal to 1 (the one direction such logits never take). That
+system is square and invertible (its matrix is A in the coordinates of the sum-zero plane with a
+row of ones added), so F is exact and well-scaled, with no pseudo-inverse and no dependence on
+rounding. Every other A is solved as the paper does, F = B_z A^-1, with g = 0.
 """
 from __future__ import annotations
 
@@ -13,11 +21,20 @@ from typing import Iterable
 import numpy as np
 
 from linfilt.errors import IllConditionedError, LinfiltError
+from linfilt.validation import (check_array, check_class_ids, check_int, check_labels,
+                                check_optional_positive_int, check_positive_int,
+                                check_random_state)
 
 METHODS = ("naive", "normalization", "randomization", "zeroing")
 
 # Beyond this condition number a float64 solve keeps fewer than ~4 significant digits of F.
 MAX_CONDITION = 1e12
+# A is softmax-symmetric when every column sums to zero up to this share of its absolute sum:
+# float32 logits that sum to zero exactly in real arithmetic stay below ~1e-7 after rounding,
+# a model without that structure is nowhere near.
+SYMMETRY_TOL = 1e-6
+# The opt-in pseudo-inverse drops singular values below this share of the largest.
+PINV_RCOND = 1e-10
 
 
 @dataclass(frozen=True, eq=False)
@@ -28,40 +45,30 @@ class Filtration:
     forget: tuple[int, ...]  # forgotten class ids, ascending
     kept: tuple[int, ...]  # kept[i] = class id of new output i
     method: str
-    condition: float  # 2-norm condition number of A
+    condition: float  # 2-norm condition number of the system solved (A, or its affine form)
     pinv: bool  # True when F came from a pseudo-inverse (allow_pinv opt-in)
+    offset: np.ndarray  # g, (k-|C|,): filtered logits are F h + g; zero unless A is softmax-symmetric
+
+    @property
+    def affine(self) -> bool:
+        return bool(np.any(self.offset != 0))
+
+    def apply(self, logits: np.ndarray) -> np.ndarray:
+        """Filtered logits F h + g of logits (..., k)."""
+        return apply_filtration(self.matrix, logits, self.offset)
 
 
 def check_forget(num_classes: int, forget: int | Iterable[int]) -> tuple[int, ...]:
     """Validate a forget set (one id or several) and return it as an ascending tuple."""
-    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)):
-        raise LinfiltError(f"num_classes must be an integer, got {num_classes!r}")
-    try:
-        ids = [forget] if isinstance(forget, (int, np.integer)) else list(forget)
-    except TypeError:
-        raise LinfiltError(f"forget must be a class id or a collection of class ids, got {forget!r}") from None
-    if not ids:
-        raise LinfiltError("the forget set is empty: name at least one class to forget")
-    for c in ids:
-        if isinstance(c, (bool, np.bool_)) or not isinstance(c, (int, np.integer)):
-            raise LinfiltError(f"class ids must be integers, got {c!r} in forget={ids!r}")
-    bad = sorted({int(c) for c in ids if not 0 <= c < num_classes})
-    if bad:
-        raise LinfiltError(
-            f"class ids {bad} are out of range: there are {num_classes} classes (0..{num_classes - 1})"
-        )
-    if len(set(ids)) != len(ids):
-        repeated = sorted({int(c) for c in ids if ids.count(c) > 1})
-        raise LinfiltError(
-            f"class ids {repeated} are repeated in forget={[int(c) for c in ids]}; name each once"
-        )
+    num_classes = check_int(num_classes, "num_classes", minimum=1)
+    ids = check_class_ids(forget, "forget", num_classes=num_classes)
     left = num_classes - len(ids)
     if left < 2:
         raise LinfiltError(
             f"forgetting {len(ids)} of {num_classes} classes leaves {left}; "
             "linear filtration needs at least 2 classes left"
         )
-    return tuple(sorted(int(c) for c in ids))
+    return ids
 
 
 def retained_classes(num_classes: int, forget: int | Iterable[int]) -> np.ndarray:
@@ -69,14 +76,6 @@ def retained_classes(num_classes: int, forget: int | Iterable[int]) -> np.ndarra
     mask = np.ones(num_classes, dtype=bool)
     mask[list(check_forget(num_classes, forget))] = False
     return np.flatnonzero(mask).astype(np.int64)
-
-
-def _as_rng(rng: np.random.Generator | int | None) -> np.random.Generator | None:
-    if rng is None or isinstance(rng, np.random.Generator):
-        return rng
-    if isinstance(rng, (int, np.integer)) and not isinstance(rng, bool):
-        return np.random.default_rng(int(rng))
-    raise LinfiltError(f"rng must be a numpy Generator or an integer seed, got {type(rng).__name__}")
 
 
 def _finite(name: str, array: np.ndarray) -> None:
@@ -96,12 +95,9 @@ def select_per_class(
 ) -> np.ndarray:
     """Indices of s = per_class samples of each class: the first s in the given order, or a random
     s (without replacement) when rng is given. Returned grouped by class, ascending class id."""
-    labels = _check_labels(labels, num_classes)
-    if isinstance(per_class, bool) or not isinstance(per_class, (int, np.integer)) or per_class < 1:
-        raise LinfiltError(
-            f"per_class must be a positive integer (or None for all samples), got {per_class!r}"
-        )
-    rng = _as_rng(rng)
+    labels = check_labels(labels, num_classes=num_classes)
+    per_class = check_positive_int(per_class, "per_class")
+    rng = check_random_state(rng)
     counts = np.bincount(labels, minlength=num_classes)
     short = [(j, int(counts[j])) for j in range(num_classes) if counts[j] < per_class]
     if short:
@@ -121,22 +117,6 @@ def select_per_class(
     return np.concatenate(picks)
 
 
-def _check_labels(labels: np.ndarray, num_classes: int) -> np.ndarray:
-    labels = np.asarray(labels)
-    if labels.ndim != 1:
-        raise LinfiltError(f"labels must be one-dimensional, got shape {labels.shape}")
-    if labels.size and not np.issubdtype(labels.dtype, np.integer):
-        if not (np.issubdtype(labels.dtype, np.floating) and np.all(labels == np.round(labels))):
-            raise LinfiltError(f"labels must be integer class ids, got dtype {labels.dtype}")
-    labels = labels.astype(np.int64)
-    out = (labels < 0) | (labels >= num_classes)
-    if np.any(out):
-        raise LinfiltError(
-            f"labels {sorted(set(labels[out].tolist()))[:10]} are out of range for {num_classes} classes"
-        )
-    return labels
-
-
 def mean_logits(
     logits: np.ndarray,
     labels: np.ndarray,
@@ -149,12 +129,14 @@ def mean_logits(
     per_class=s uses the first s samples of each class in the given order (the paper's sample-size
     tables), or a random s when rng is given. Every class needs at least one sample (s with per_class).
     """
-    logits = np.asarray(logits)
-    if logits.ndim != 2 or logits.shape[1] != num_classes:
+    num_classes = check_int(num_classes, "num_classes", minimum=2)
+    logits = check_array(logits, "logits", ndim=2, finite=False, dtype=None)
+    if logits.shape[1] != num_classes:
         raise LinfiltError(f"logits must have shape (n, {num_classes}), got {logits.shape}")
-    labels = _check_labels(labels, num_classes)
+    labels = check_labels(labels, num_classes=num_classes)
     if labels.shape[0] != logits.shape[0]:
         raise LinfiltError(f"{logits.shape[0]} logit rows but {labels.shape[0]} labels")
+    per_class = check_optional_positive_int(per_class, "per_class")
     counts = np.bincount(labels, minlength=num_classes)
     empty = np.flatnonzero(counts == 0).tolist()
     if empty:
@@ -175,8 +157,25 @@ def mean_logits(
 
 def condition_number(A: np.ndarray) -> float:
     """2-norm condition number of A (inf when singular)."""
-    with np.errstate(divide="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         return float(np.linalg.cond(A))
+
+
+def is_softmax_symmetric(A: np.ndarray) -> bool:
+    """Whether every column of A sums to zero (up to SYMMETRY_TOL of its absolute sum): the mean
+    logits of a model whose every logit vector sums to zero."""
+    A = np.asarray(A, dtype=np.float64)
+    scale = np.abs(A).sum(axis=0)
+    return bool(np.all(scale > 0) and np.all(np.abs(A.sum(axis=0)) <= SYMMETRY_TOL * scale))
+
+
+def _sum_zero_basis(k: int) -> np.ndarray:
+    """Q (k, k-1): an orthonormal basis of the vectors whose entries sum to zero (the columns of the
+    Householder reflection that maps e_0 to 1/sqrt(k), after the first)."""
+    v = np.full(k, 1 / np.sqrt(k))
+    v[0] -= 1.0
+    H = np.eye(k) - 2 * np.outer(v, v) / (v @ v)
+    return H[:, 1:]
 
 
 def _target(A: np.ndarray, forget: tuple[int, ...], kept: np.ndarray, method: str, rng) -> np.ndarray:
@@ -197,6 +196,29 @@ def _target(A: np.ndarray, forget: tuple[int, ...], kept: np.ndarray, method: st
     return B
 
 
+def _solve(M: np.ndarray, B: np.ndarray, allow_pinv: bool, max_condition: float, what: str
+           ) -> tuple[np.ndarray, float, bool]:
+    """X with X M = B: (X, condition number of M, whether the pseudo-inverse was used).
+
+    M is scaled to a largest entry of 1 first (X M = B is the same system as X (M/s) = B/s), so
+    tiny or subnormal entries neither overflow nor underflow the solve."""
+    s = np.abs(M).max()
+    if s > 0:
+        M, B = M / s, B / s
+    cond = condition_number(M)
+    if cond < max_condition:
+        return np.linalg.solve(M.T, B.T).T, cond, False  # X M = B  <=>  M^T X^T = B^T
+    if not allow_pinv:
+        raise IllConditionedError(
+            f"{what} is singular or ill-conditioned (condition number {cond:.3g} >= {max_condition:.3g}): "
+            "every class needs its own distinct mean logits; use more samples per class, "
+            "or pass allow_pinv=True to use a pseudo-inverse"
+        )
+    # Minimum-norm least squares with an explicit relative cut-off, so a singular value that is
+    # zero up to rounding is dropped, not inverted.
+    return np.linalg.lstsq(M.T, B.T, rcond=PINV_RCOND)[0].T, cond, True
+
+
 def compute_filtration(
     A: np.ndarray,
     forget: int | Iterable[int],
@@ -205,33 +227,39 @@ def compute_filtration(
     allow_pinv: bool = False,
     max_condition: float = MAX_CONDITION,
 ) -> Filtration:
-    """F with F A = B_z, plus the facts a record needs (see `filtration_matrix`)."""
+    """The filtration for A: F (and g) with F a_j + g = b_j for every class j (see the module doc).
+
+    g = 0 and F = B_z A^-1 (the paper's) unless A is softmax-symmetric. naive is F = pi exactly for
+    any A. Raises IllConditionedError when the system's condition number reaches max_condition,
+    unless allow_pinv (then a least-squares F from a cut-off pseudo-inverse).
+    """
     if method not in METHODS:
         raise LinfiltError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-    A = np.asarray(A)
-    if A.ndim != 2 or A.shape[0] != A.shape[1]:
+    A = check_array(A, "A", ndim=2, finite=False)
+    if A.shape[0] != A.shape[1]:
         raise LinfiltError(f"A must be a square (k, k) matrix, got shape {A.shape}")
-    A = A.astype(np.float64)
     _finite("A", A)
     k = A.shape[0]
     forget = check_forget(k, forget)
     kept = retained_classes(k, forget)
-    B = _target(A, forget, kept, method, _as_rng(rng))
-    cond = condition_number(A)
+    B = _target(A, forget, kept, method, check_random_state(rng))
+    no_offset = np.zeros(len(kept))
     if method == "naive":  # F = pi exactly (the paper's (0 | I)): cutting rows needs no inverse
-        return Filtration(np.eye(k)[kept], forget, tuple(kept.tolist()), method, cond, False)
-    pinv = not cond < max_condition
-    if pinv and not allow_pinv:
-        raise IllConditionedError(
-            f"A is singular or ill-conditioned (condition number {cond:.3g} >= {max_condition:.3g}): "
-            "every class needs its own distinct mean logits; use more samples per class, "
-            "or pass allow_pinv=True to use a pseudo-inverse"
-        )
-    if pinv:
-        F = np.linalg.lstsq(A.T, B.T, rcond=None)[0].T  # minimum-norm: F = B A^+
+        return Filtration(np.eye(k)[kept], forget, tuple(kept.tolist()), method,
+                          condition_number(A), False, no_offset)
+    if is_softmax_symmetric(A):
+        # Unknowns [G g] with F = G Q^T: G (Q^T a_j) + g = b_j, one square system in k unknowns per row.
+        Q = _sum_zero_basis(k)
+        M = np.vstack([Q.T @ A, np.ones((1, k))])
+        X, cond, pinv = _solve(M, B, allow_pinv, max_condition, "A (in the sum-zero plane, affine)")
+        F, offset = X[:, :-1] @ Q.T, X[:, -1]
     else:
-        F = np.linalg.solve(A.T, B.T).T  # F A = B  <=>  A^T F^T = B^T
-    return Filtration(F, forget, tuple(kept.tolist()), method, cond, pinv)
+        F, cond, pinv = _solve(A, B, allow_pinv, max_condition, "A")
+        offset = no_offset
+    if not (np.all(np.isfinite(F)) and np.all(np.isfinite(offset))):
+        raise IllConditionedError("the filtration came out non-finite (A's entries overflow or vanish); "
+                                  "check the model's logits")
+    return Filtration(F, forget, tuple(kept.tolist()), method, cond, pinv, offset)
 
 
 def filtration_matrix(
@@ -246,41 +274,67 @@ def filtration_matrix(
     naive: z_c = A[R, c], so F selects the retained rows (exactly, for any A); normalization:
     z_c = A[R, c] shifted so its mean is the mean of A[R, R]; randomization: z_c ~ N(0, I) drawn
     from rng; zeroing: z_c = 0.
-    Raises IllConditionedError when A's condition number reaches MAX_CONDITION, unless allow_pinv.
+    Raises IllConditionedError when A's condition number reaches MAX_CONDITION, unless allow_pinv,
+    and LinfiltError when A is softmax-symmetric (its filtration is affine: `compute_filtration`).
     """
-    return compute_filtration(A, forget, method, rng, allow_pinv).matrix
+    result = compute_filtration(A, forget, method, rng, allow_pinv)
+    if result.affine:
+        raise LinfiltError("A's columns sum to zero (softmax-symmetric logits), so its filtration is "
+                           "affine, F h + g: use compute_filtration(...), whose .matrix is F and .offset g")
+    return result.matrix
 
 
-def apply_filtration(F: np.ndarray, logits: np.ndarray) -> np.ndarray:
+def apply_filtration(F: np.ndarray, logits: np.ndarray, offset: np.ndarray | None = None) -> np.ndarray:
     """Filter logits (..., k) -> (..., k-|C|): one model (n, k) or a population (models, n, k).
 
-    Computed in the logits' float dtype (float32 stays float32), float64 otherwise.
+    F h (+ offset g, for an affine filtration). Computed in the logits' float dtype (float32 stays
+    float32), float64 otherwise.
     """
-    F = np.asarray(F)
+    F = check_array(F, "F", ndim=2)
     logits = np.asarray(logits)
-    if F.ndim != 2 or logits.ndim < 1 or logits.shape[-1] != F.shape[1]:
+    if logits.ndim < 1 or logits.shape[-1] != F.shape[1]:
         raise LinfiltError(
             f"logits of shape {logits.shape} do not fit F of shape {F.shape}: last axis must be {F.shape[1]}"
         )
+    if not (np.issubdtype(logits.dtype, np.floating) or np.issubdtype(logits.dtype, np.integer)):
+        raise LinfiltError(f"logits must be numeric, got dtype {logits.dtype}")
     dtype = logits.dtype if np.issubdtype(logits.dtype, np.floating) else np.float64
-    return logits.astype(dtype, copy=False) @ F.T.astype(dtype)
+    out = logits.astype(dtype, copy=False) @ F.T.astype(dtype)
+    if offset is not None:
+        out += _offset(offset, F).astype(dtype)
+    return out
+
+
+def _offset(offset: np.ndarray, F: np.ndarray) -> np.ndarray:
+    offset = check_array(offset, "offset", ndim=1)
+    if offset.shape != (F.shape[0],):
+        raise LinfiltError(f"offset of shape {offset.shape} does not fit F of shape {F.shape}: "
+                           f"need ({F.shape[0]},)")
+    return offset
 
 
 def absorb(
-    F: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None
+    F: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None, offset: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Absorb F into a final layer: W (k, p) -> F W, b (k,) -> F b (None stays None)."""
-    F = np.asarray(F)
-    weight = np.asarray(weight)
-    if F.ndim != 2 or weight.ndim != 2 or weight.shape[0] != F.shape[1]:
+    """Absorb a filtration into a final layer: W (k, p) -> F W, b (k,) -> F b + g.
+
+    Without a bias the new layer has none, unless the filtration is affine (a non-zero offset g),
+    which then becomes the bias.
+    """
+    F = check_array(F, "F", ndim=2)
+    weight = check_array(weight, "weight", ndim=2)
+    if weight.shape[0] != F.shape[1]:
         raise LinfiltError(
             f"weight of shape {weight.shape} does not fit F of shape {F.shape}: need ({F.shape[1]}, p)"
         )
+    g = None if offset is None else _offset(offset, F)
     if bias is not None:
-        bias = np.asarray(bias)
+        bias = check_array(bias, "bias", ndim=1)
         if bias.shape != (F.shape[1],):
             raise LinfiltError(
                 f"bias of shape {bias.shape} does not fit F of shape {F.shape}: need ({F.shape[1]},)"
             )
-        bias = F @ bias
+        bias = F @ bias if g is None else F @ bias + g
+    elif g is not None and np.any(g != 0):
+        bias = g
     return F @ weight, bias

@@ -30,6 +30,8 @@ from tqdm.auto import tqdm
 
 from linfilt.errors import LinfiltError
 from linfilt.filtration import METHODS, absorb, check_forget, compute_filtration, mean_logits, select_per_class
+from linfilt.validation import (check_class_ids, check_labels, check_optional_positive_int,
+                                check_positive_int, check_random_state, is_int)
 
 RECORD_ATTR = "linfilt_filtration"
 
@@ -123,12 +125,21 @@ class _Runner:
             raise LinfiltError("this model has no nn.Linear layer: linear filtration rewrites a final Linear layer")
         hooks = [m.register_forward_hook(lambda m, i, o: calls.append((m, o))) for m in linears]
         try:
-            out = self._check(self.model(x))
+            out = self._check(self._first_call(x))
         finally:
             for h in hooks:
                 h.remove()
         self.head = self._pick(out, calls, linears)
         return out
+
+    def _first_call(self, x: torch.Tensor) -> Any:
+        """The first forward pass: an error here means the data does not fit the model, so say so."""
+        try:
+            return self.model(x)
+        except (RuntimeError, TypeError, ValueError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise LinfiltError(f"the model cannot run on inputs of shape {tuple(x.shape[1:])} and dtype "
+                               f"{x.dtype} (its parameters are {self.dtype}): {first}") from exc
 
     @staticmethod
     def _check(out: Any) -> torch.Tensor:
@@ -167,13 +178,6 @@ class _Runner:
         return linears[found], found
 
 
-def _to_labels(y: Any) -> np.ndarray:
-    y = np.asarray(y.detach().cpu() if isinstance(y, torch.Tensor) else y)
-    if y.ndim != 1 or (y.size and not np.issubdtype(y.dtype, np.integer)):
-        raise LinfiltError(f"labels must be a 1-D array of integer class ids, got shape {y.shape}, dtype {y.dtype}")
-    return y.astype(np.int64)
-
-
 class _Classes:
     """Original class ids of the model's outputs, and the translation of ids into output positions."""
 
@@ -190,24 +194,19 @@ class _Classes:
         self.k = k
 
     def forget_positions(self, forget: int | Iterable[int]) -> tuple[int, ...]:
-        if not isinstance(forget, (int, np.integer)) and not isinstance(forget, Iterable):
-            check_forget(self.k, forget)  # raises its own message
-        ids = [forget] if isinstance(forget, (int, np.integer)) else list(forget)
-        gone = sorted({int(c) for c in ids if isinstance(c, (int, np.integer)) and c in self.forgotten})
+        """Output positions of the original class ids in `forget`."""
+        ids = check_class_ids(forget, "forget")
+        gone = sorted(set(ids) & set(self.forgotten.tolist()))
         if gone:
             raise LinfiltError(f"classes {gone} were already forgotten from this model")
         where = {int(c): i for i, c in enumerate(self.ids)}
-        if self.record:
-            repeated = sorted({int(c) for c in ids if ids.count(c) > 1})
-            if repeated:
-                raise LinfiltError(f"class ids {repeated} are repeated in forget; name each once")
-            missing = sorted({int(c) for c in ids if isinstance(c, (int, np.integer)) and int(c) not in where})
-            if missing:
-                raise LinfiltError(
-                    f"classes {missing} are not outputs of this model (its classes: {self.ids.tolist()})"
-                )
-            ids = [where[int(c)] if isinstance(c, (int, np.integer)) else c for c in ids]
-        return check_forget(self.k, ids)
+        missing = [c for c in ids if c not in where]
+        if missing:
+            raise LinfiltError(f"classes {missing} are not outputs of this model (its classes: "
+                               f"{self.ids.tolist()})" if self.record else
+                               f"class ids {missing} are out of range: the model has {self.k} outputs "
+                               f"(0..{self.k - 1})")
+        return check_forget(self.k, [where[c] for c in ids])
 
     def positions(self, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(output positions of the kept samples, mask of kept samples): samples of classes forgotten
@@ -255,7 +254,7 @@ def _logits(
     if isinstance(data, (tuple, list)) and len(data) == 2:
         x, y = data
         x = x if isinstance(x, torch.Tensor) else np.asarray(x)
-        y = _to_labels(y)
+        y = check_labels(y)
         if len(x) != len(y):
             raise LinfiltError(f"data has {len(x)} inputs but {len(y)} labels")
         if len(y) == 0:
@@ -287,7 +286,7 @@ def _logits(
             classes = _Classes(model, runner.head[1].out_features)
             forget_pos = classes.forget_positions(forget)
             counts = np.zeros(classes.k, dtype=np.int64)
-        pos, keep = classes.positions(_to_labels(yb))
+        pos, keep = classes.positions(check_labels(yb))
         parts.append(out[torch.from_numpy(keep).to(out.device)].double().cpu())
         labels.append(pos)
         counts += np.bincount(pos, minlength=classes.k)
@@ -342,8 +341,10 @@ def unlearn(
         raise LinfiltError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     if method == "randomization" and rng is None:
         raise LinfiltError("method 'randomization' needs rng= (a numpy Generator or an integer seed)")
-    seed = int(rng) if isinstance(rng, (int, np.integer)) and not isinstance(rng, bool) else None
-    gen = None if rng is None else np.random.default_rng(rng)
+    gen = check_random_state(rng)
+    seed = int(rng) if is_int(rng) else None
+    per_class = check_optional_positive_int(per_class, "per_class")
+    batch_size = check_positive_int(batch_size, "batch_size")
     if logits is not None:
         if data is not None:
             raise LinfiltError("pass either data or precomputed logits=, not both")
@@ -356,7 +357,7 @@ def unlearn(
                 f"logits of shape {values.shape} do not fit the head {head_name!r} with "
                 f"{head_mod.out_features} outputs: they must be (n, {head_mod.out_features})"
             )
-        y = _to_labels(labels)
+        y = check_labels(labels)
         if len(y) != len(values):
             raise LinfiltError(f"{len(values)} logit rows but {len(y)} labels")
         classes = _Classes(model, head_mod.out_features)
@@ -384,11 +385,13 @@ def unlearn(
 
     W = head_mod.weight.detach()
     b = None if head_mod.bias is None else head_mod.bias.detach()
-    new_W, new_b = absorb(filt.matrix, W.cpu().double().numpy(), None if b is None else b.cpu().double().numpy())
-    new_head = nn.Linear(W.shape[1], new_W.shape[0], bias=b is not None, device=W.device, dtype=W.dtype)
+    new_W, new_b = absorb(filt.matrix, W.cpu().double().numpy(),
+                          None if b is None else b.cpu().double().numpy(), filt.offset)
+    # An affine filtration (softmax-symmetric logits) gives a bias-less head a bias.
+    new_head = nn.Linear(W.shape[1], new_W.shape[0], bias=new_b is not None, device=W.device, dtype=W.dtype)
     with torch.no_grad():
         new_head.weight.copy_(torch.from_numpy(new_W))
-        if b is not None:
+        if new_b is not None:
             new_head.bias.copy_(torch.from_numpy(new_b))
     new_head.requires_grad_(head_mod.weight.requires_grad)
     new_head.train(head_mod.training)

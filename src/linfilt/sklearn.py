@@ -15,6 +15,7 @@ The paper motivates the choice of F with softmax logits, though; with OvR scores
 from __future__ import annotations
 
 import copy
+import numbers
 from typing import Any
 
 import numpy as np
@@ -26,8 +27,9 @@ from sklearn.neural_network import MLPClassifier
 from sklearn.utils import check_array
 from sklearn.utils.validation import check_is_fitted
 
-from linfilt.errors import IllConditionedError, LinfiltError
-from linfilt.filtration import absorb, compute_filtration, mean_logits
+from linfilt.errors import LinfiltError
+from linfilt.filtration import Filtration, absorb, compute_filtration, mean_logits
+from linfilt.validation import is_int
 
 # MLPClassifier's hidden activations (its `activation` parameter), applied out of place.
 _HIDDEN = {
@@ -98,14 +100,37 @@ def logits(estimator: Any, X: Any) -> np.ndarray:
 
 
 def _positions(classes: np.ndarray, forget: Any) -> list[int]:
-    """Indices in classes_ of the labels in `forget` (one label or several)."""
-    labels = [forget] if isinstance(forget, (str, bytes)) or np.ndim(forget) == 0 else list(forget)
+    """Indices in classes_ of the labels in `forget` (one label or several, each once).
+
+    A label must have the kind of classes_: with integer classes, True, 3.0 and "3" are refused
+    rather than taken for 1 or 3."""
+    single = isinstance(forget, (str, bytes)) or np.ndim(forget) == 0
+    labels = [forget] if single else list(forget)
+    if not labels:
+        raise LinfiltError("forget is empty: name at least one class label")
+    for f in labels:
+        if not _same_kind(f, classes):
+            raise LinfiltError(f"forget label {f!r} ({type(f).__name__}) is not of the kind of the "
+                               f"estimator's classes_ ({classes.dtype}): {classes.tolist()}")
     index = {c: i for i, c in enumerate(classes.tolist())}
     unknown = [f for f in labels if _key(f) not in index]
     if unknown:
         raise LinfiltError(f"forget names labels {unknown} that are not among the estimator's classes_ "
                            f"{classes.tolist()}")
-    return [index[_key(f)] for f in labels]
+    positions = [index[_key(f)] for f in labels]
+    if len(set(positions)) != len(positions):
+        raise LinfiltError(f"forget repeats labels: {labels}; name each once")
+    return positions
+
+
+def _same_kind(label: Any, classes: np.ndarray) -> bool:
+    if isinstance(label, (bool, np.bool_)):
+        return classes.dtype == np.bool_
+    if np.issubdtype(classes.dtype, np.integer):
+        return is_int(label)
+    if np.issubdtype(classes.dtype, np.floating):
+        return isinstance(label, (numbers.Real, np.number))
+    return isinstance(label, (str, bytes, np.str_)) or classes.dtype == object
 
 
 def _key(label: Any) -> Any:
@@ -141,8 +166,8 @@ def unlearn(estimator: Any, forget: Any, X: Any, y: Any, method: str = "normaliz
     "randomization". The original estimator is left untouched.
 
     The result's `classes_` lack the forgotten labels and its scores (`logits`) equal F times the
-    original's. Multinomial LogisticRegression's scores sum to zero for every sample, which makes
-    A singular: it needs `allow_pinv=True` (F is then the least-squares solution of F A = B_z).
+    original's (plus a constant g when the scores sum to zero for every sample, as multinomial
+    LogisticRegression's do: A is then singular and the filtration affine, see linfilt.filtration).
     When exactly two classes are left it is stored as scikit-learn stores any
     two-class model (one row of coefficients, the difference of the two filtered rows; an MLP's
     single logistic output), so `predict` and `predict_proba` behave as usual and its score is
@@ -159,26 +184,18 @@ def unlearn(estimator: Any, forget: Any, X: Any, y: Any, method: str = "normaliz
     codes = _encode(classes, y)
     scores = logits(estimator, X)
     A = mean_logits(scores, codes, len(classes), per_class=per_class, rng=rng)
-    try:
-        filtration = compute_filtration(A, positions, method=method, rng=rng, allow_pinv=allow_pinv)
-    except IllConditionedError as exc:
-        if np.abs(scores.sum(axis=1)).max() > 1e-9 * np.abs(scores).max():
-            raise
-        raise IllConditionedError(
-            f"{exc}. Here that is structural: {type(estimator).__name__}'s scores sum to zero for every "
-            "sample (scikit-learn's symmetric softmax parametrisation, as in multinomial "
-            "LogisticRegression), so A is always singular; allow_pinv=True gives the least-squares F"
-        ) from None
-    return _filtered_copy(estimator, filtration.matrix, list(filtration.kept))
+    filtration = compute_filtration(A, positions, method=method, rng=rng, allow_pinv=allow_pinv)
+    return _filtered_copy(estimator, filtration)
 
 
-def _filtered_copy(estimator: Any, F: np.ndarray, kept: list[int]) -> Any:
-    """Deep copy of `estimator` with F absorbed into its final linear map."""
+def _filtered_copy(estimator: Any, filtration: Filtration) -> Any:
+    """Deep copy of `estimator` with the filtration absorbed into its final linear map."""
     new = copy.deepcopy(estimator)
-    labels = np.asarray(estimator.classes_)[kept]
+    F, offset = filtration.matrix, filtration.offset
+    labels = np.asarray(estimator.classes_)[list(filtration.kept)]
     if isinstance(estimator, MLPClassifier):
         w, b = estimator.coefs_[-1], estimator.intercepts_[-1]  # (h, k), (k,): scores = act @ w + b
-        w2, b2 = _absorb(F, w.T, b)
+        w2, b2 = _absorb(F, w.T, b, offset)
         new.coefs_[-1], new.intercepts_[-1] = w2.T.astype(w.dtype), b2.astype(b.dtype)
         new.n_outputs_ = new.coefs_[-1].shape[1]
         if new.n_outputs_ == 1:  # scikit-learn's two-class MLP: one logistic output
@@ -187,7 +204,7 @@ def _filtered_copy(estimator: Any, F: np.ndarray, kept: list[int]) -> Any:
         coef = estimator.coef_
         coef = coef.toarray() if hasattr(coef, "toarray") else np.asarray(coef)  # after sparsify()
         bias = np.broadcast_to(np.asarray(estimator.intercept_, dtype=np.float64), (len(F.T),))
-        w2, b2 = _absorb(F, coef, bias)
+        w2, b2 = _absorb(F, coef, bias, offset)
         new.coef_, new.intercept_ = w2.astype(coef.dtype), b2.astype(coef.dtype)
     if hasattr(estimator, "_label_binarizer"):  # MLPClassifier, RidgeClassifier: predict decodes with it
         new._label_binarizer = clone(estimator._label_binarizer).fit(labels)
@@ -196,9 +213,10 @@ def _filtered_copy(estimator: Any, F: np.ndarray, kept: list[int]) -> Any:
     return new
 
 
-def _absorb(F: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(F W, F b) in float64; two rows collapse to scikit-learn's binary layout (row 1 - row 0)."""
-    w2, b2 = absorb(F, np.asarray(weight, dtype=np.float64), np.asarray(bias, dtype=np.float64))
+def _absorb(F: np.ndarray, weight: np.ndarray, bias: np.ndarray, offset: np.ndarray
+            ) -> tuple[np.ndarray, np.ndarray]:
+    """(F W, F b + g) in float64; two rows collapse to scikit-learn's binary layout (row 1 - row 0)."""
+    w2, b2 = absorb(F, np.asarray(weight, dtype=np.float64), np.asarray(bias, dtype=np.float64), offset)
     if len(w2) == 2:
         w2, b2 = w2[1:] - w2[:1], b2[1:] - b2[:1]
     return w2, b2

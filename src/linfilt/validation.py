@@ -39,7 +39,9 @@ def check_int(value: Any, name: str, *, minimum: int | None = None, maximum: int
 
 
 def check_positive_int(value: Any, name: str, *, maximum: int | None = None) -> int:
-    return check_int(value, name, minimum=1, maximum=maximum)
+    if not is_int(value) or value < 1:
+        raise LinfiltError(f"{name} must be a positive integer, got {value!r}")
+    return check_int(value, name, maximum=maximum)
 
 
 def check_optional_positive_int(value: Any, name: str) -> int | None:
@@ -72,10 +74,10 @@ def check_random_state(rng: Any, name: str = "rng") -> np.random.Generator | Non
     """None, a numpy Generator (used as is) or an integer seed >= 0 (a new Generator)."""
     if rng is None or isinstance(rng, np.random.Generator):
         return rng
-    if not is_int(rng):
+    if not is_int(rng) or rng < 0:
         raise LinfiltError(f"{name} must be a numpy Generator or an integer seed >= 0, "
                            f"got {rng!r} ({type(rng).__name__})")
-    return np.random.default_rng(check_seed(rng, name))
+    return np.random.default_rng(int(rng))
 
 
 def check_n_jobs(n_jobs: Any, name: str = "n_jobs") -> int:
@@ -110,12 +112,13 @@ def check_class_ids(ids: Any, name: str = "forget", *, num_classes: int | None =
         raise LinfiltError(f"{name} is empty: name at least one class")
     for c in items:
         if not is_int(c):
-            raise LinfiltError(f"{name} must hold integer class ids, got {c!r} ({type(c).__name__}) "
+            raise LinfiltError(f"{name}: class ids must be integers, got {c!r} ({type(c).__name__}) "
                                f"in {items!r}")
     values = [int(c) for c in items]
     bad = sorted({c for c in values if c < 0 or c > MAX_CLASS_ID})
     if bad:
-        raise LinfiltError(f"{name}: class ids must be integers in 0..{MAX_CLASS_ID}, got {bad}")
+        raise LinfiltError(f"{name}: class ids {bad} are out of range: class ids are integers in "
+                           f"0..{MAX_CLASS_ID}")
     if num_classes is not None:
         out = sorted({c for c in values if c >= num_classes})
         if out:
@@ -151,8 +154,8 @@ def check_labels(labels: Any, name: str = "labels", *, num_classes: int | None =
 
 
 def check_array(value: Any, name: str, *, ndim: int | None = None, finite: bool = True,
-                dtype: type = np.float64) -> np.ndarray:
-    """A real-valued numeric array (bool, string and object arrays refused), cast to dtype."""
+                dtype: type | None = np.float64) -> np.ndarray:
+    """A real-valued numeric array (bool, string and object arrays refused), cast to dtype (None: kept)."""
     try:
         arr = np.asarray(value)
     except (TypeError, ValueError) as exc:
@@ -161,7 +164,8 @@ def check_array(value: Any, name: str, *, ndim: int | None = None, finite: bool 
         raise LinfiltError(f"{name} must be a real-valued numeric array, got dtype {arr.dtype}")
     if ndim is not None and arr.ndim != ndim:
         raise LinfiltError(f"{name} must be {ndim}-dimensional, got shape {arr.shape}")
-    arr = arr.astype(dtype, copy=False)
+    if dtype is not None:
+        arr = arr.astype(dtype, copy=False)
     if finite and not np.all(np.isfinite(arr)):
         bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
         raise LinfiltError(f"{name} contains {bad} NaN or infinite values")
