@@ -397,3 +397,12 @@ def test_pseudo_inverse_has_an_explicit_cutoff():
 def test_bad_arguments_give_one_linfilt_error(call, words):
     with pytest.raises(LinfiltError, match=words):
         call()
+
+
+def test_scaled_solve_is_bit_identical_to_the_paper_formula_on_ordinary_A():
+    """Scaling by a power of two is exact: results computed before the scaled solve stay valid."""
+    rng = np.random.default_rng(0)
+    for scale in (0.01, 1.0, 37.0):
+        A = rng.normal(size=(10, 10)) * scale + np.eye(10) * 5
+        B = target(A, [0, 3], "normalization")
+        np.testing.assert_array_equal(compute_filtration(A, [0, 3]).matrix, np.linalg.solve(A.T, B.T).T)

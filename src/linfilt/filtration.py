@@ -200,10 +200,12 @@ def _solve(M: np.ndarray, B: np.ndarray, allow_pinv: bool, max_condition: float,
            ) -> tuple[np.ndarray, float, bool]:
     """X with X M = B: (X, condition number of M, whether the pseudo-inverse was used).
 
-    M is scaled to a largest entry of 1 first (X M = B is the same system as X (M/s) = B/s), so
-    tiny or subnormal entries neither overflow nor underflow the solve."""
-    s = np.abs(M).max()
-    if s > 0:
+    M and B are scaled by a power of two near M's largest entry first (X M = B is the same system
+    as X (M/s) = B/s; a power of two scales exactly, so normal inputs give bit-identical X), so tiny
+    or subnormal entries neither overflow nor underflow the solve."""
+    largest = np.abs(M).max()
+    if largest > 0:
+        s = np.ldexp(1.0, int(np.frexp(largest)[1]))
         M, B = M / s, B / s
     cond = condition_number(M)
     if cond < max_condition:
