@@ -4,6 +4,7 @@ No test touches the network: downloads go through fake openers or file:// URLs.
 """
 import hashlib
 import io
+import os
 import tarfile
 import urllib.error
 import zipfile
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import data_root, requires_data
 
 from linfilt.cli import main
 from linfilt.data import catalog, load, locate
@@ -18,8 +20,8 @@ from linfilt.data.catalog import FileSpec, Layout, Source, Spec
 from linfilt.data.download import download, extract, fetch, fetch_source
 from linfilt.errors import CorruptFileError, DataNotFoundError, LinfiltError
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason=f"{SHARED} (the data beside the checkout) is absent")
+SHARED = data_root()  # the real data, from $LINFILT_DATA (None without it)
+needs_shared = requires_data()
 MNIST = catalog.SPECS["mnist"]
 
 
@@ -28,7 +30,6 @@ def isolated(monkeypatch, tmp_path):
     """No data folder is searched but those a test creates; returns the cache folder."""
     monkeypatch.delenv("LINFILT_DATA", raising=False)
     monkeypatch.delenv("LINFILT_CACHE", raising=False)
-    monkeypatch.setattr(locate, "beside_checkout", lambda: [])
     return tmp_path / "cache"
 
 
@@ -42,35 +43,35 @@ def _placeholders(folder: Path, files=MNIST.layouts[0].files) -> None:
 # --- lookup ------------------------------------------------------------------------------------
 
 
-def test_lookup_order_root_env_checkout_cache(tmp_path, isolated, monkeypatch):
-    root, env, beside = tmp_path / "root", tmp_path / "env", tmp_path / "beside"
-    monkeypatch.setenv("LINFILT_DATA", str(env))
-    monkeypatch.setattr(locate, "beside_checkout", lambda: [beside])
-    for base in (root, env, beside, isolated / "data"):
+def test_lookup_order_root_env_cache(tmp_path, isolated, monkeypatch):
+    root, env1, env2 = tmp_path / "root", tmp_path / "env1", tmp_path / "env2"
+    monkeypatch.setenv("LINFILT_DATA", f"{env1}{os.pathsep}{env2}")
+    for base in (root, env1, env2, isolated / "data"):
         _placeholders(base / "mnist")
     order = []
-    for base in (root, env, beside, isolated / "data"):
+    for base in (root, env1, env2, isolated / "data"):
         loc = locate.find(MNIST, root=root, cache_dir=isolated)
         order.append((loc.dir, loc.origin))
         (loc.dir / "t10k-labels-idx1-ubyte.gz").unlink()  # now incomplete: the next folder wins
     assert order == [
         (root / "mnist", "root argument"),
-        (env / "mnist", "LINFILT_DATA"),
-        (beside / "mnist", "beside the checkout"),
+        (env1 / "mnist", "LINFILT_DATA"),
+        (env2 / "mnist", "LINFILT_DATA"),
         (isolated / "data" / "mnist", "user cache"),
     ]
     assert locate.find(MNIST, root=root, cache_dir=isolated) is None
 
 
-def test_beside_checkout_is_found_from_package_and_from_cwd(tmp_path, monkeypatch):
-    monkeypatch.delenv("LINFILT_DATA", raising=False)
+def test_no_folder_beside_the_checkout_or_working_directory_is_searched(tmp_path, isolated, monkeypatch):
+    """The library knows no project layout: a `../shared/data` (beside the working directory, or
+    beside this checkout, where the project keeps its data) is only used when LINFILT_DATA names it."""
     (tmp_path / "work").mkdir()
     monkeypatch.chdir(tmp_path / "work")
-    monkeypatch.setattr(locate, "_REPO_ROOT", tmp_path / "site" / "checkout")
-    assert locate.beside_checkout() == [tmp_path / "site" / "shared" / "data", tmp_path / "shared" / "data"]
-    _placeholders(tmp_path / "shared" / "data" / "mnist")  # found through the working directory
-    loc = locate.find(MNIST, cache_dir=tmp_path / "cache")
-    assert (loc.dir, loc.origin) == (tmp_path / "shared" / "data" / "mnist", "beside the checkout")
+    _placeholders(tmp_path / "shared" / "data" / "mnist")
+    assert locate.search_dirs(cache_dir=isolated) == [(isolated / "data", "user cache")]
+    assert locate.find(MNIST, cache_dir=isolated) is None
+    monkeypatch.setenv("LINFILT_DATA", str(tmp_path / "shared" / "data"))
+    assert locate.find(MNIST, cache_dir=isolated).dir == tmp_path / "shared" / "data" / "mnist"
 
 
 def test_user_cache_folder_follows_env(tmp_path, monkeypatch):
@@ -262,15 +263,15 @@ def test_mnist_downloaded_into_root_and_loaded(tmp_path, isolated):
 
 @needs_shared
 def test_cli_list_and_verify(tmp_path, monkeypatch, capsys):
-    monkeypatch.delenv("LINFILT_DATA", raising=False)
+    monkeypatch.setenv("LINFILT_DATA", str(SHARED))
     monkeypatch.setenv("LINFILT_CACHE", str(tmp_path / "cache"))
     assert main(["data", "list"]) == 0
     out = capsys.readouterr().out
-    assert f"mnist      {SHARED / 'mnist'}  [idx-gz, beside the checkout]  not verified yet" in out
+    assert f"mnist      {SHARED / 'mnist'}  [idx-gz, LINFILT_DATA]  not verified yet" in out
     assert main(["data", "verify", "mnist"]) == 0
     assert "mnist      OK: 4 files" in capsys.readouterr().out
     main(["data", "list"])
-    assert f"{SHARED / 'mnist'}  [idx-gz, beside the checkout]  verified" in capsys.readouterr().out
+    assert f"{SHARED / 'mnist'}  [idx-gz, LINFILT_DATA]  verified" in capsys.readouterr().out
     root = tmp_path / "root"
     (root / "mnist").mkdir(parents=True)
     for f in MNIST.layouts[0].files:

@@ -6,23 +6,22 @@ import os
 import pickle
 import shutil
 import struct
-from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import data_root, requires_data
 
-from linfilt.data import catalog, cifar, idx, load, loader, locate, pgm, verify
+from linfilt.data import catalog, cifar, idx, load, loader, pgm, verify
 from linfilt.errors import CorruptFileError
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason=f"{SHARED} (the data beside the checkout) is absent")
+SHARED = data_root()  # the real data, from $LINFILT_DATA (None without it)
+needs_shared = requires_data()
 
 
 @pytest.fixture(autouse=True)
 def isolated(monkeypatch, tmp_path):
     """Only the folders a test names are searched; the cache lives in tmp_path."""
     monkeypatch.delenv("LINFILT_DATA", raising=False)
-    monkeypatch.setattr(locate, "beside_checkout", lambda: [])
     return tmp_path / "cache"
 
 

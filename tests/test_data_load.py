@@ -1,15 +1,15 @@
-"""The real data sets from ../shared/data, checked against PROVENANCE.md facts and independent decodes."""
+"""The real data sets (from $LINFILT_DATA), checked against PROVENANCE.md facts and independent decodes."""
 import gzip
-from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import data_root, requires_data
 
 from linfilt.data import att_split, load, loader, to_float
 from linfilt.errors import LinfiltError
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason=f"{SHARED} (the data beside the checkout) is absent")
+SHARED = data_root()  # None without the real data
+needs_shared = requires_data()
 
 
 @pytest.fixture(scope="module")
@@ -190,7 +190,7 @@ def test_second_load_reads_the_cache_memory_mapped(cifar, cache, monkeypatch):
 
 
 @needs_shared
-def test_found_beside_the_checkout_without_root(cache, monkeypatch):
-    monkeypatch.delenv("LINFILT_DATA", raising=False)
+def test_found_through_linfilt_data_without_root(cache, monkeypatch):
+    monkeypatch.setenv("LINFILT_DATA", str(SHARED))
     ds = load("mnist", cache_dir=cache, download=False)
     assert ds.source.startswith(str(SHARED / "mnist"))

@@ -1,11 +1,11 @@
 """What each data set's files are: accepted layouts, canonical sizes and digests, download sources.
 
-Only facts live here (no I/O). Digests: MNIST's and CIFAR-10's are the canonical MD5s (see
-`../shared/data/*/PROVENANCE.md`; the CIFAR-10 python-version ones are those torchvision checks).
-AT&T faces has no published checksum: each file is checked against the first 8 hex digits of its
-SHA-256 (enough to name a damaged file), and the whole tree against `ATT_TREE_SHA256`, the SHA-256
-of the 400 lines "<sha256>  sX/Y.pgm\\n" (X = 1..40, Y = 1..10 in that order) built from
-`../shared/data/att_faces/SHA256SUMS`.
+Only facts live here (no I/O). Digests: MNIST's and CIFAR-10's are the canonical MD5s (as recorded
+in the PROVENANCE.md of the project's data copies; the CIFAR-10 python-version ones are those
+torchvision checks). AT&T faces has no published checksum: each file is checked against the first 8
+hex digits of its SHA-256 (enough to name a damaged file), and the whole tree against
+`ATT_TREE_SHA256`, the SHA-256 of the 400 lines "<sha256>  sX/Y.pgm\\n" (X = 1..40, Y = 1..10 in
+that order) built from the SHA256SUMS of the project's copy of att_faces.
 """
 from __future__ import annotations
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from linfilt.errors import LinfiltError
+from linfilt.validation import check_int, check_seed
 
 
 @dataclass(frozen=True, eq=False)
@@ -57,6 +58,10 @@ def att_split(dataset: Dataset, test_per_person: int = 2, seed: int = 0) -> Data
     The paper uses all 400 images as both training and test data (what `load("att_faces")` gives);
     this is for users who want held-out faces. Both parts keep the data-set order.
     """
+    if not isinstance(dataset, Dataset):
+        raise LinfiltError(f"att_split expects a Dataset (from linfilt.data.load), got {type(dataset).__name__}")
+    test_per_person = check_int(test_per_person, "test_per_person")
+    seed = check_seed(seed)
     y = np.asarray(dataset.y_train)
     if not 0 < test_per_person < np.bincount(y).min():
         raise LinfiltError(f"test_per_person must be between 1 and {np.bincount(y).min() - 1}, got {test_per_person}")

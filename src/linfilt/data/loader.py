@@ -13,7 +13,7 @@ from linfilt.data.catalog import ATT_CLASSES, MNIST_CLASSES, NAMES, SPECS, Spec
 from linfilt.data.dataset import Dataset
 from linfilt.data.digits import load_digits
 from linfilt.data.download import Opener, download as fetch_spec
-from linfilt.data.locate import Location, cache_root, find, search_dirs
+from linfilt.data.locate import Location, cache_root, find, search_dirs, usable_cache
 from linfilt.data.verify import verify
 from linfilt.errors import CorruptFileError, DataNotFoundError, LinfiltError
 
@@ -21,7 +21,7 @@ _ATT_SHAPE = (112, 92)
 
 
 def spec_for(name: str) -> Spec:
-    if name not in SPECS:
+    if not isinstance(name, str) or name not in SPECS:
         raise LinfiltError(f"unknown data set {name!r}; choose one of {', '.join(NAMES)}")
     return SPECS[name]
 
@@ -81,6 +81,27 @@ def _decode(name: str, loc: Location) -> Dataset:
     return Dataset(name, x_train, y_train, x_test, y_test, tuple(classes), f"{loc.dir} ({fmt})")
 
 
+def check_folder(value, name: str) -> None:
+    """None, or a str/PathLike naming a folder (which may not exist yet), not a file."""
+    if value is None:
+        return
+    if not isinstance(value, (str, os.PathLike)) or str(value) == "":
+        raise LinfiltError(f"{name} must be a folder path (str or os.PathLike) or None, got {value!r}")
+    if Path(value).expanduser().is_file():
+        raise LinfiltError(f"{name} {value} is a file, not a folder")
+
+
+def _check_args(root, cache_dir, download, opener, progress) -> None:
+    """Refuse wrong argument types before any lookup, download or write (`spec_for` checks the name)."""
+    check_folder(root, "root")
+    check_folder(cache_dir, "cache_dir")
+    for flag, value in (("download", download), ("progress", progress)):
+        if not isinstance(value, bool):
+            raise LinfiltError(f"{flag} must be True or False, got {value!r}")
+    if opener is not None and not callable(opener):
+        raise LinfiltError(f"opener must be a callable like urllib.request.urlopen, or None, got {opener!r}")
+
+
 def load(
     name: str,
     root: str | os.PathLike | None = None,
@@ -92,26 +113,35 @@ def load(
 ) -> Dataset:
     """Load "mnist", "cifar10", "att_faces" or "digits" as uint8 (N, H, W, C) images and int64 labels.
 
-    Files are looked for in `root`, then $LINFILT_DATA, then `../shared/data` beside the checkout,
-    then the user cache (`cache_dir`, $LINFILT_CACHE, or ~/.cache/linfilt) under `data/`; absent files
-    are downloaded (when `download`) into `root` or the user cache. Files are checked against their
-    canonical checksums once; decoded arrays are cached and returned memory-mapped copy-on-write.
+    Files are looked for in `root`, then each folder of $LINFILT_DATA, then the user cache
+    (`cache_dir`, $LINFILT_CACHE, or ~/.cache/linfilt) under `data/`; absent files are downloaded
+    (when `download`) into `root` or the user cache. Files are checked against their canonical
+    checksums once per version (size and mtime); decoded arrays are cached with their SHA-256, checked
+    on every load, and returned memory-mapped copy-on-write. A damaged cache entry is decoded again
+    (with a warning); an unwritable cache folder means working without it (with a warning).
     AT&T faces has no split: all 400 images are both train and test (see `att_split`).
     """
-    if name == "digits":
+    _check_args(root, cache_dir, download, opener, progress)
+    if isinstance(name, str) and name == "digits":
         return load_digits()
     spec = spec_for(name)
-    cache = cache_root(cache_dir)
     location = find(spec, root, cache_dir) or _obtain(spec, root, cache_dir, download, opener, progress)
+    cache = usable_cache(cache_dir)
     verify(location, cache, spec.tree_sha256)
+    if cache is None:
+        return _decode(name, location)
     entry = array_cache.entry_dir(name, location, cache)
-    cached = array_cache.read(entry, name)
+    try:
+        cached = array_cache.read(entry, name)
+    except CorruptFileError as exc:
+        warnings.warn(f"{exc}; decoding {name} again from its source files", stacklevel=2)
+        cached = None
     if cached is not None:
         return cached
     dataset = _decode(name, location)
     try:
         array_cache.write(entry, dataset)
-    except OSError as exc:  # an unwritable cache costs speed, not correctness
-        warnings.warn(f"could not cache {name} in {entry} ({exc}); the next load decodes it again")
+    except OSError as exc:  # e.g. a full disk: an unwritable cache costs speed, not correctness
+        warnings.warn(f"could not cache {name} in {entry} ({exc}); the next load decodes it again", stacklevel=2)
         return dataset
-    return array_cache.read(entry, name) or dataset
+    return array_cache.read(entry, name) or dataset  # None only if another process is rewriting it

@@ -1,14 +1,18 @@
-"""Where data and caches live: the ordered list of data folders, and the per-user cache folder."""
+"""Where data and caches live: the ordered list of data folders, and the per-user cache folder.
+
+Only the folders a user names are searched (`root`, $LINFILT_DATA) and the user cache: the library
+assumes nothing about where it is installed or run from.
+"""
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 from linfilt.data.catalog import Layout, Spec
-
-# src/linfilt/data/locate.py -> parents[3] is the repository root of a checkout.
-_REPO_ROOT = Path(__file__).resolve().parents[3]
+from linfilt.errors import LinfiltError
+from linfilt.outputs import check_output_dir
 
 
 @dataclass(frozen=True)
@@ -33,9 +37,20 @@ def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
     return Path(base).expanduser() / "linfilt"
 
 
-def beside_checkout() -> list[Path]:
-    """`../shared/data` next to the repository root, found from this file and from the working directory."""
-    return [_REPO_ROOT.parent / "shared" / "data", Path.cwd().parent / "shared" / "data"]
+def usable_cache(cache_dir: str | os.PathLike | None = None) -> Path | None:
+    """The cache folder, or None with one warning when it cannot be written (then data is hashed and
+    decoded on every load instead: slower, never wrong)."""
+    cache = cache_root(cache_dir)
+    try:
+        check_output_dir(cache, flag="cache folder")
+    except LinfiltError as exc:
+        warnings.warn(
+            f"{exc}; working without the cache, so data files are hashed and decoded on every load "
+            "(set LINFILT_CACHE or pass cache_dir= to a writable folder)",
+            stacklevel=3,
+        )
+        return None
+    return cache
 
 
 def search_dirs(root=None, cache_dir=None) -> list[tuple[Path, str]]:
@@ -46,7 +61,6 @@ def search_dirs(root=None, cache_dir=None) -> list[tuple[Path, str]]:
     for part in os.environ.get("LINFILT_DATA", "").split(os.pathsep):
         if part:
             found.append((Path(part).expanduser(), "LINFILT_DATA"))
-    found += [(p, "beside the checkout") for p in beside_checkout()]
     found.append((cache_root(cache_dir) / "data", "user cache"))
     seen: set[Path] = set()
     unique = []

@@ -2,11 +2,14 @@
 
 A marker in the cache folder records, per verified file, its size, mtime and digest; a file whose
 size and mtime still match is not hashed again, so a load after the first costs a few `stat`s.
+A file changed in place with its size and mtime kept is therefore not noticed until a full check
+(`force=True`, `linfilt data verify --full`). Without a cache folder every file is hashed.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from pathlib import Path
 
 from linfilt.atomic import write_json
@@ -61,13 +64,14 @@ def is_verified(location: Location, cache: Path) -> bool:
     return True
 
 
-def verify(location: Location, cache: Path, tree_sha256: str | None = None, force: bool = False) -> int:
+def verify(location: Location, cache: Path | None, tree_sha256: str | None = None, force: bool = False) -> int:
     """Check every file of `location` against its canonical digest; return how many were hashed.
 
-    Raises CorruptFileError naming the first bad file. The marker is written only when all pass.
+    Raises CorruptFileError naming the first bad file. The marker is written only when all pass
+    (and there is a cache folder).
     """
-    mpath = marker_path(location, cache)
-    old = {} if force else _read_marker(mpath)
+    mpath = None if cache is None else marker_path(location, cache)
+    old = {} if force or mpath is None else _read_marker(mpath)
     new: dict[str, list] = {}
     hashed = 0
     for spec, path in zip(location.layout.files, location.paths()):
@@ -93,6 +97,9 @@ def verify(location: Location, cache: Path, tree_sha256: str | None = None, forc
                 f"the files under {location.dir} are not the canonical set, although each matches its "
                 "short checksum; replace the folder with a fresh copy."
             )
-    if hashed:
-        write_json(mpath, {"dir": str(location.dir.resolve()), "fmt": location.layout.fmt, "files": new})
+    if hashed and mpath is not None:
+        try:
+            write_json(mpath, {"dir": str(location.dir.resolve()), "fmt": location.layout.fmt, "files": new})
+        except OSError as exc:  # e.g. a full disk: remembering is only a speed-up
+            warnings.warn(f"could not record the verification in {mpath} ({exc}); the files are hashed again next time")
     return hashed
