@@ -4,6 +4,8 @@ import torch
 from matplotlib import image as mpimg
 from torch import nn
 
+from conftest import requires_data
+
 from linfilt.errors import LinfiltError
 from linfilt.experiments import inversion as exp
 from linfilt.inversion import class_probabilities, invert, reinsert_logits
@@ -251,6 +253,7 @@ def _faces():
     return data.to_float(ds.x_train), ds.y_train
 
 
+@requires_data("att_faces")
 def test_run_writes_figures_and_consistent_numbers(tmp_path):
     result = exp.run(tmp_path, epochs=3, progress=False)
     rec = np.load(tmp_path / "reconstructions.npy")  # full, naive x4, normalization x4
@@ -281,6 +284,7 @@ class _Pooled(nn.Module):
         return self.head(self.body(x))
 
 
+@requires_data("att_faces")
 def test_run_resnet_forgets_four_people_at_once(tmp_path):
     """A 40-class stand-in for the ResNet: the filtered models have 36 outputs, s1..s4 reinserted."""
     model = _Pooled()
