@@ -1,3 +1,5 @@
+import copy
+import dataclasses
 import json
 import pickle
 
@@ -9,8 +11,9 @@ import torch
 import linfilt
 from linfilt.errors import LinfiltError, ModelFormatError
 from linfilt.filtration import filtration_matrix, mean_logits
-from linfilt.modelio import SPEC_KEY, ModelSpec, load_model, load_state_dict_file, save_model
+from linfilt.modelio import SPEC_KEY, HistoryEntry, ModelSpec, load_model, load_state_dict_file, save_model
 from linfilt.models import build
+from linfilt.validation import MAX_CLASS_ID
 
 NAMES = [f"digit{i}" for i in range(10)]
 MLP = {"in_features": 64, "hidden": [16]}
@@ -214,3 +217,201 @@ def test_bad_files(tmp_path):
         _raw(path, tensors, spec_json)
         with pytest.raises(ModelFormatError, match=message):
             load_model(path)
+
+
+def _header_length(path) -> int:
+    return int.from_bytes(path.read_bytes()[:8], "little")
+
+
+def test_header_length_with_low_byte_0x80_loads_back(tmp_path):
+    """The first byte of a safetensors file is the low byte of its header length: 0x80 there is a
+    legitimate length (128 mod 256), not a pickle's protocol marker."""
+    model, path = _mlp(k=3), tmp_path / "m.safetensors"
+    save_model(path, model, ModelSpec.new("mlp", MLP, ["a", "b", "c"]))
+    start = 0x480 - _header_length(path) - 8
+    for pad in range(start, start + 16):  # the header grows 1 byte per character, padded to 8
+        spec = ModelSpec.new("mlp", MLP, ["a", "b", "c" + "x" * pad])
+        save_model(path, model, spec)
+        if _header_length(path) == 0x480:  # the issue's 1,152 bytes: starts b"\x80\x04", like pickle 4
+            break
+    data = path.read_bytes()
+    assert data[:3] == b"\x80\x04\x00"
+    loaded, spec2 = load_model(path)
+    assert spec2 == spec
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in model.state_dict().items())
+    path.write_bytes(data[:600])  # truncated in the header, it is still told apart from a pickle
+    with pytest.raises(ModelFormatError, match="announces a header of 1152 bytes but only 592 follow"):
+        load_model(path)
+
+
+def test_formats_told_apart_by_structure(tmp_path):
+    good = tmp_path / "good.safetensors"
+    save_model(good, _mlp(), _spec())
+    data = good.read_bytes()
+    n = _header_length(good)
+    cases = {
+        # a pickle protocol byte followed by no protocol number: not a pickle, not safetensors
+        "not_pickle": (b"\x80\x09" + b"\x00" * 30, "not a complete safetensors file"),
+        "pickle5": (pickle.dumps({"a": 1}, protocol=5), "PyTorch pickle"),
+        # header length beyond the file (a truncated header)
+        "cut": (data[: 8 + n // 2], rf"header of {n} bytes but only {n // 2} follow"),
+        # the header is not a JSON object
+        "list_header": ((2).to_bytes(8, "little") + b"[]", "not a JSON object"),
+        "deep_header": ((200_000).to_bytes(8, "little") + b"[" * 100_000 + b"]" * 100_000, "not a JSON object"),
+        "bad_utf8": ((4).to_bytes(8, "little") + b'{"\xff"', "not a JSON object"),
+        "short": (b"\x05\x00\x00", "it has 3 bytes, fewer than the 8 of a header length"),
+    }
+    for name, (content, message) in cases.items():
+        path = tmp_path / name
+        path.write_bytes(content)
+        with pytest.raises(ModelFormatError, match=message):
+            load_model(path)
+
+
+def test_absurd_header_length_is_refused_without_reading_it(tmp_path):
+    path = tmp_path / "huge.safetensors"
+    with open(path, "wb") as fh:  # a sparse 200 MB file announcing a 150 MB header
+        fh.write((150_000_000).to_bytes(8, "little") + b"{")
+        fh.truncate(200_000_000)
+    with pytest.raises(ModelFormatError, match="header of 150000000 bytes is beyond"):
+        load_model(path)
+
+
+# A 9-class model after forgetting class 3, as linfilt writes it: the base of the tampered specs.
+_KEPT = tuple(c for c in range(10) if c != 3)
+_FORGOT3 = HistoryEntry(method="normalization", forgot=(3,), forgot_names=("digit3",), per_class=10,
+                        samples=100, condition_number=12.5, date="2024-05-01T12:00:00+00:00", seed=None)
+
+
+DELETE = object()
+
+
+def _tampered(spec_json, path, value):
+    """A deep copy of spec_json with the item at `path` (keys and indices) set to value (or
+    deleted when value is DELETE)."""
+    obj = copy.deepcopy(spec_json)
+    *parents, last = path
+    target = obj
+    for key in parents:
+        target = target[key]
+    if value is DELETE:
+        del target[last]
+    else:
+        target[last] = value
+    return obj
+
+
+@pytest.mark.parametrize("path, value, message", [
+    # classes
+    (("classes",), [{"id": c, "name": f"c{c}"} for c in reversed(_KEPT)], "ascending in output order"),
+    (("classes", 0, "id"), -1, r"class id must be >= 0, got -1"),
+    (("classes", 8, "id"), 10**12, rf"class id must be <= {MAX_CLASS_ID}, got 1000000000000"),
+    (("classes", 8, "id"), 1e12, "class id must be an integer"),
+    (("classes", 0, "id"), True, "class id must be an integer"),
+    (("classes", 1, "id"), 0, r"class ids must be ascending in output order.*: output 1 is class 0, after class 0"),
+    (("classes", 1, "name"), "digit0", r"class names .*'digit0'.* more than once"),
+    (("classes", 1, "name"), "", "class names must be non-empty"),
+    (("classes", 1, "name"), "  ", "class names must be non-empty"),
+    (("classes", 1, "name"), 5, "class name must be a string"),
+    (("classes", 1), {"id": 1}, r"each class must be an object with 'id' and 'name'"),
+    (("classes",), "0123456789", "classes must be a list"),
+    (("classes", 1, "name"), "digit3", r"class names .*'digit3'.* more than once"),  # a forgotten name
+    # arch_kwargs
+    (("arch_kwargs", "activation"), "tanh", r"mlp activation must be one of \['relu', 'sigmoid'\], got 'tanh'"),
+    (("arch_kwargs", "hidden"), [0], r"mlp hidden\[0\] must be a positive integer, got 0"),
+    (("arch_kwargs", "hidden"), [16.0], r"mlp hidden\[0\] must be a positive integer, got 16.0"),
+    (("arch_kwargs", "hidden"), "16", "mlp hidden must be a list of integers"),
+    (("arch_kwargs", "in_features"), DELETE, r"bad settings for architecture 'mlp': missing \['in_features'\]"),
+    (("arch_kwargs", "in_features"), 2**40, r"mlp in_features must be <= "),
+    (("arch_kwargs",), [], "arch_kwargs must be an object"),
+    # history
+    (("history", 0, "method"), "evil", r"method must be one of \['naive', 'normalization', 'randomization', 'zeroing'\], got 'evil'"),
+    (("history", 0, "forgot"), [4], r"class 4 .* is among the model's classes"),
+    (("history", 0, "forgot_names"), ["digit3", "x"], "one name per id"),
+    (("history", 0, "forgot_names"), ["digit4"], r"class names .*'digit4'.* more than once"),
+    (("history", 0, "forgot"), [], "must name its forgotten classes"),
+    (("history", 0, "forgot"), [-3], r"forgotten class id must be >= 0"),
+    (("history", 0, "per_class"), 0, "per_class must be a positive integer, got 0"),
+    (("history", 0, "per_class"), "5", "per_class must be a positive integer, got '5'"),
+    (("history", 0, "samples"), 0, "samples must be a positive integer, got 0"),
+    (("history", 0, "samples"), 1.5, "samples must be a positive integer, got 1.5"),
+    (("history", 0, "seed"), -1, "seed must be >= 0, got -1"),
+    (("history", 0, "condition_number"), "big", "condition_number must be a number"),
+    (("history", 0, "condition_number"), 0.5, r"condition_number must be >= 1"),
+    (("history", 0, "pinv"), "yes", "pinv must be true or false"),
+    (("history", 0, "date"), "yesterday", "date must be an ISO 8601"),
+    (("history", 0, "samples"), DELETE, r"history entry 1: record fields wrong: missing \['samples'\]"),
+    (("history", 0, "colour"), "red", r"history entry 1: .*unknown \['colour'\]"),
+    (("history", 0), "normalization", "history entry 1: must be an object"),
+    (("history",), {"method": "naive"}, "history must be a list"),
+])
+def test_tampered_specs_are_refused(tmp_path, path, value, message):
+    spec = ModelSpec("mlp", MLP, _KEPT, tuple(NAMES[c] for c in _KEPT), (_FORGOT3,))
+    path_ = tmp_path / "m.safetensors"
+    save_model(path_, _mlp(k=9), spec)
+    loaded, spec2 = load_model(path_)  # the untampered file loads
+    assert spec2 == spec
+    _raw(path_, _state(loaded), json.dumps(_tampered(spec.to_json(), path, value)))
+    with pytest.raises(ModelFormatError, match=message):
+        load_model(path_)
+
+
+def test_a_class_cannot_be_forgotten_twice():
+    kept = tuple(c for c in range(10) if c not in (3, 5))
+    both = dataclasses.replace(_FORGOT3, forgot=(3, 3), forgot_names=("digit3", "digit3"))
+    again = HistoryEntry(method="naive", forgot=(3,), forgot_names=("digit3",), per_class=None,
+                         samples=90, condition_number=None, date="2024-05-02T12:00:00+00:00")
+    for history in [(both,), (_FORGOT3, again)]:
+        with pytest.raises(ModelFormatError, match=r"history entry \d: class 3 .* forgotten more than once"):
+            ModelSpec("mlp", MLP, kept, tuple(NAMES[c] for c in kept), history)
+    with pytest.raises(ModelFormatError, match=r"ascending in output order.*: output 1 is class 0, after class 1"):
+        ModelSpec("mlp", MLP, (1, 0, 2), ("a", "b", "c"))
+
+
+def test_deeply_nested_spec_is_refused(tmp_path):
+    path = tmp_path / "m.safetensors"
+    deep = "[" * 100_000 + "]" * 100_000
+    _raw(path, _state(_mlp()), deep)
+    with pytest.raises(ModelFormatError, match="nested too deeply"):
+        load_model(path)
+    spec = _spec().to_json()
+    spec["arch_kwargs"]["hidden"] = json.loads("[" * 500 + "]" * 500)  # parses; still refused
+    _raw(path, _state(_mlp()), json.dumps(spec))
+    with pytest.raises(ModelFormatError, match=r"mlp hidden\[0\] must be a positive integer"):
+        load_model(path)
+
+
+def test_build_validates_its_settings():
+    for kwargs, message in [
+        ({"in_features": 4, "activation": "tanh"}, "mlp activation must be one of"),
+        ({"in_features": 0}, "mlp in_features must be a positive integer, got 0"),
+        ({"in_features": True}, "mlp in_features must be a positive integer, got True"),
+        ({"in_features": 4, "hidden": (3, -1)}, r"mlp hidden\[1\] must be a positive integer, got -1"),
+        ({"in_features": 4, "width": 3}, r"bad settings for architecture 'mlp': unknown \['width'\]"),
+    ]:
+        with pytest.raises(LinfiltError, match=message):
+            build("mlp", 3, **kwargs)
+    with pytest.raises(LinfiltError, match="cifar_cnn p must be a positive integer, got 0"):
+        build("cifar_cnn", 10, p=0)
+    with pytest.raises(LinfiltError, match=r"att_resnet widths\[0\] must be a positive integer, got '16'"):
+        build("att_resnet", 10, widths=["16"])
+    with pytest.raises(LinfiltError, match="num_classes must be >= 1"):
+        build("mlp", 0, in_features=4)
+    kwargs = {"in_features": 4, "hidden": [3]}
+    assert build("mlp", 2, **kwargs).body[1].out_features == 3
+    assert kwargs == {"in_features": 4, "hidden": [3]}  # the caller's settings are left alone
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_weights_are_neither_saved_nor_loaded(tmp_path, dtype, bad):
+    model = _mlp().to(dtype)
+    with torch.no_grad():
+        model.body[1].bias[2] = bad
+    target = tmp_path / "m.safetensors"
+    with pytest.raises(LinfiltError, match=r"'body.1.bias' holds NaN or infinite values"):
+        save_model(target, model, _spec())
+    assert list(tmp_path.iterdir()) == []
+    _raw(target, _state(model), json.dumps(_spec().to_json()))
+    with pytest.raises(ModelFormatError, match=r"'body.1.bias' holds NaN or infinite values"):
+        load_model(target)

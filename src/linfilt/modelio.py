@@ -4,9 +4,16 @@ The spec says how to rebuild the module (`arch`, `arch_kwargs` for `linfilt.mode
 which classes its outputs are (original ids and names, in output order) and every filtration
 applied so far. Weights are plain tensors, so loading never runs code from the file; a user's
 plain PyTorch state dict is read with `torch.load(weights_only=True)` only.
+
+A file is recognised by its structure (an 8-byte little-endian header length, then that many
+bytes of JSON), and everything in it is checked on load: the whole spec (class ids, names,
+settings of the architecture, history), the tensors' names and shapes against the architecture,
+and that every weight is finite. Messages show at most a short excerpt (`reprlib`) of what the
+file holds, since a tampered file can hold anything.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import json
@@ -14,7 +21,9 @@ import math
 import os
 import pickle
 import re
-from collections.abc import Iterable, Mapping
+import reprlib
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,16 +35,56 @@ from torch import nn
 
 from linfilt.atomic import write_bytes
 from linfilt.errors import LinfiltError, ModelFormatError
+from linfilt.filtration import METHODS
+from linfilt.models import build, check_arch
 from linfilt.pytorch import RECORD_ATTR, FiltrationRecord, UnlearnStep
+from linfilt.validation import (
+    check_class_id,
+    check_float,
+    check_optional_positive_int,
+    check_positive_int,
+    check_seed,
+)
 
 FORMAT_NAME = "linfilt-model"
 FORMAT_VERSION = 1
 # Key of the spec in the safetensors header's `__metadata__` (a str -> str map).
 SPEC_KEY = "linfilt.spec"
 
-# First bytes of the files people most often hand over by mistake, for a precise message.
-_ZIP_MAGIC = b"PK\x03\x04"  # torch.save's default (zip) format
-_PICKLE_MAGIC = b"\x80"  # pickle protocol 2+ (torch.save's legacy format)
+# safetensors' own limit on its JSON header (MAX_HEADER_SIZE): no valid file has a longer one.
+_MAX_HEADER = 100_000_000
+# First bytes of torch.save's default (zip) format, for a precise message.
+_ZIP_MAGIC = b"PK\x03\x04"
+
+
+@contextlib.contextmanager
+def _format_errors(where: str = "") -> Iterator[None]:
+    """Turn the LinfiltErrors of linfilt.validation into ModelFormatErrors (prefixed by `where`)."""
+    try:
+        yield
+    except LinfiltError as exc:
+        raise ModelFormatError(f"{where}{exc}") from None
+
+
+def _ids(values: Any, name: str) -> tuple[int, ...]:
+    """A list of class ids (each an integer in 0..MAX_CLASS_ID) as a tuple."""
+    if isinstance(values, (str, bytes, Mapping)) or not isinstance(values, Iterable):
+        raise ModelFormatError(f"{name}s must be a list of integers, got {reprlib.repr(values)}")
+    with _format_errors():
+        return tuple(check_class_id(c, name) for c in values)
+
+
+def _names(values: Any, name: str) -> tuple[str, ...]:
+    """A list of class names (each a string with more than spaces) as a tuple."""
+    if isinstance(values, (str, bytes, Mapping)) or not isinstance(values, Iterable):
+        raise ModelFormatError(f"{name}s must be a list of strings, got {reprlib.repr(values)}")
+    names = tuple(values)
+    for n in names:
+        if not isinstance(n, str):
+            raise ModelFormatError(f"{name} must be a string, got {reprlib.repr(n)}")
+        if not n.strip():
+            raise ModelFormatError(f"{name}s must be non-empty (not only spaces), got {reprlib.repr(n)}")
+    return tuple(str(n) for n in names)
 
 
 @dataclass(frozen=True)
@@ -53,13 +102,39 @@ class HistoryEntry:
     pinv: bool = False  # F came from a pseudo-inverse of a singular / ill-conditioned A (opt-in)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "forgot", tuple(int(c) for c in self.forgot))
-        object.__setattr__(self, "forgot_names", tuple(str(n) for n in self.forgot_names))
-        if len(self.forgot) != len(self.forgot_names) or not self.forgot:
+        """Validate every field (ModelFormatError says which is wrong); an infinite condition
+        number is stored as None (JSON has no infinity)."""
+        if not isinstance(self.method, str) or self.method not in METHODS:
+            raise ModelFormatError(f"method must be one of {list(METHODS)}, got {reprlib.repr(self.method)}")
+        forgot, names = _ids(self.forgot, "forgotten class id"), _names(self.forgot_names, "class name")
+        if len(forgot) != len(names) or not forgot:
             raise ModelFormatError("a filtration must name its forgotten classes, one name per id")
+        if not isinstance(self.pinv, bool):
+            raise ModelFormatError(f"pinv must be true or false, got {reprlib.repr(self.pinv)}")
+        if not isinstance(self.date, str) or not _is_iso_date(self.date):
+            raise ModelFormatError(f"date must be an ISO 8601 date and time, got {reprlib.repr(self.date)}")
         cond = self.condition_number
-        if cond is not None and not math.isfinite(cond):
-            object.__setattr__(self, "condition_number", None)
+        with _format_errors():
+            checked = {
+                "forgot": forgot,
+                "forgot_names": names,
+                "per_class": check_optional_positive_int(self.per_class, "per_class"),
+                "samples": check_positive_int(self.samples, "samples"),
+                # a 2-norm condition number is at least 1
+                "condition_number": None if cond is None or cond == math.inf
+                else check_float(cond, "condition_number", low=1.0),
+                "seed": check_seed(self.seed),
+            }
+        for key, value in checked.items():
+            object.__setattr__(self, key, value)
+
+
+def _is_iso_date(text: str) -> bool:
+    try:
+        datetime.datetime.fromisoformat(text)
+    except ValueError:
+        return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -77,24 +152,28 @@ class ModelSpec:
     history: tuple[HistoryEntry, ...] = ()
 
     def __post_init__(self) -> None:
-        ids = tuple(int(c) for c in self.class_ids)
-        names = tuple(str(n) for n in self.class_names)
+        """Validate the whole spec; ModelFormatError says what is wrong."""
+        ids, names = _ids(self.class_ids, "class id"), _names(self.class_names, "class name")
         if len(ids) != len(names):
             raise ModelFormatError(f"spec has {len(ids)} class ids but {len(names)} class names")
         if len(ids) < 2:
             raise ModelFormatError(f"a model needs at least 2 classes, the spec has {len(ids)}")
-        if len(set(ids)) != len(ids):
-            raise ModelFormatError(f"spec repeats class ids: {list(ids)}")
-        if not isinstance(self.arch, str) or not self.arch:
-            raise ModelFormatError(f"spec arch must be a non-empty string, not {self.arch!r}")
-        try:  # JSON round trip: validates, and makes a loaded spec equal the saved one
-            kwargs = json.loads(json.dumps(dict(self.arch_kwargs), allow_nan=False))
-        except (TypeError, ValueError) as exc:
-            raise ModelFormatError(f"arch_kwargs must be JSON-serialisable: {exc}") from None
+        for i in range(1, len(ids)):
+            if ids[i] <= ids[i - 1]:
+                raise ModelFormatError(f"class ids must be ascending in output order, each once (linfilt "
+                                       f"only removes outputs, it never reorders them): output {i} is "
+                                       f"class {ids[i]}, after class {ids[i - 1]}")
+        with _format_errors():
+            check_arch(self.arch, len(ids), self.arch_kwargs)
+        history = tuple(self.history)
+        if not all(isinstance(e, HistoryEntry) for e in history):
+            raise ModelFormatError("spec history must hold HistoryEntry records")
+        _check_history(ids, names, history)
         object.__setattr__(self, "class_ids", ids)
         object.__setattr__(self, "class_names", names)
-        object.__setattr__(self, "arch_kwargs", kwargs)
-        object.__setattr__(self, "history", tuple(self.history))
+        # a JSON round trip (lists for tuples) makes a loaded spec equal the saved one
+        object.__setattr__(self, "arch_kwargs", json.loads(json.dumps(dict(self.arch_kwargs))))
+        object.__setattr__(self, "history", history)
 
     @classmethod
     def new(cls, arch: str, arch_kwargs: Mapping[str, Any], class_names: Iterable[str]) -> ModelSpec:
@@ -173,56 +252,71 @@ class ModelSpec:
                 f"spec version {version!r} is not supported (this linfilt reads 1..{FORMAT_VERSION}); "
                 "upgrade linfilt to read it"
             )
-        expected = {"format", "version", "arch", "arch_kwargs", "classes", "history"}
-        if set(obj) != expected:
-            missing, unknown = sorted(expected - set(obj)), sorted(set(obj) - expected)
-            raise ModelFormatError(f"spec fields wrong: missing {missing}, unknown {unknown}")
-        try:
-            classes = obj["classes"]
-            history = tuple(HistoryEntry(**_fields(h, HistoryEntry)) for h in obj["history"])
-            return cls(
-                arch=obj["arch"],
-                arch_kwargs=obj["arch_kwargs"],
-                class_ids=tuple(_int(c["id"]) for c in classes),
-                class_names=tuple(_str(c["name"]) for c in classes),
-                history=history,
-            )
-        except ModelFormatError:
-            raise
-        except (TypeError, KeyError, ValueError) as exc:
-            raise ModelFormatError(f"malformed spec: {exc!r}") from None
+        fields = {"format", "version", "arch", "arch_kwargs", "classes", "history"}
+        _check_fields(obj, fields, fields, "spec")
+        classes, history = obj["classes"], obj["history"]
+        if not isinstance(obj["arch_kwargs"], dict):
+            raise ModelFormatError(f"arch_kwargs must be an object, got {reprlib.repr(obj['arch_kwargs'])}")
+        if not isinstance(classes, list):
+            raise ModelFormatError(f"classes must be a list of {{id, name}} objects, "
+                                   f"got {reprlib.repr(classes)}")
+        if not all(isinstance(c, dict) and set(c) == {"id", "name"} for c in classes):
+            raise ModelFormatError("each class must be an object with 'id' and 'name' (and nothing else)")
+        if not isinstance(history, list):
+            raise ModelFormatError(f"history must be a list of filtration records, "
+                                   f"got {reprlib.repr(history)}")
+        entries = []
+        entry_fields = {f.name for f in dataclasses.fields(HistoryEntry)}
+        required = {f.name for f in dataclasses.fields(HistoryEntry) if f.default is dataclasses.MISSING}
+        for i, h in enumerate(history, 1):
+            with _format_errors(f"history entry {i}: "):
+                if not isinstance(h, dict):
+                    raise ModelFormatError(f"must be an object, got {reprlib.repr(h)}")
+                _check_fields(h, entry_fields, required, "record")
+                entries.append(HistoryEntry(**h))
+        return cls(arch=obj["arch"], arch_kwargs=obj["arch_kwargs"],
+                   class_ids=tuple(c["id"] for c in classes), class_names=tuple(c["name"] for c in classes),
+                   history=tuple(entries))
 
 
-def _fields(obj: Any, kind: type) -> dict[str, Any]:
-    names = {f.name for f in dataclasses.fields(kind)}
-    if not isinstance(obj, dict) or not set(obj) <= names:
-        raise ModelFormatError(f"malformed {kind.__name__} record in the spec: {obj!r}")
-    return obj
+def _check_fields(obj: dict, known: set[str], required: set[str], what: str) -> None:
+    missing, unknown = sorted(required - set(obj)), sorted(set(obj) - known)
+    if missing or unknown:
+        raise ModelFormatError(f"{what} fields wrong: missing {missing}, unknown {reprlib.repr(unknown)}")
 
 
-def _int(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ModelFormatError(f"class id must be an integer, not {value!r}")
-    return value
-
-
-def _str(value: Any) -> str:
-    if not isinstance(value, str):
-        raise ModelFormatError(f"class name must be a string, not {value!r}")
-    return value
+def _check_history(ids: tuple[int, ...], names: tuple[str, ...], history: tuple[HistoryEntry, ...]) -> None:
+    """Each forgotten class is forgotten once and is no longer among the classes; every class,
+    current or forgotten, has its own name."""
+    current, forgotten = set(ids), set()
+    for i, entry in enumerate(history, 1):
+        for c, name in zip(entry.forgot, entry.forgot_names):
+            if c in current:
+                raise ModelFormatError(f"history entry {i}: class {c} ({name!r}) is among the model's "
+                                       "classes, so it cannot have been forgotten")
+            if c in forgotten:
+                raise ModelFormatError(f"history entry {i}: class {c} ({name!r}) is forgotten more than once")
+            forgotten.add(c)
+    counts = Counter(names + tuple(n for e in history for n in e.forgot_names))
+    repeated = sorted(n for n, count in counts.items() if count > 1)
+    if repeated:
+        raise ModelFormatError(f"class names {repeated} are used more than once (among the classes and "
+                               "those forgotten); each class needs its own name")
 
 
 def _build(spec: ModelSpec) -> nn.Module:
     """The spec's module with weightless (meta) tensors: no memory, and the global RNG untouched."""
-    from linfilt.models import ARCHITECTURES, build
+    with torch.device("meta"), _format_errors():
+        return build(spec.arch, spec.num_classes, **spec.arch_kwargs)
 
-    if spec.arch not in ARCHITECTURES:
-        raise ModelFormatError(f"unknown architecture {spec.arch!r}; known: {sorted(ARCHITECTURES)}")
-    try:
-        with torch.device("meta"):
-            return build(spec.arch, spec.num_classes, **spec.arch_kwargs)
-    except LinfiltError as exc:
-        raise ModelFormatError(str(exc)) from None
+
+def _non_finite(tensors: Mapping[str, torch.Tensor]) -> str | None:
+    """A description of the floating tensors that hold NaN or infinite values, or None."""
+    bad = [k for k, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if not bad:
+        return None
+    more = f" (so do {bad[1:]})" if len(bad) > 1 else ""
+    return f"weight {bad[0]!r} holds NaN or infinite values{more}"
 
 
 def _check_tensors(expected: Mapping[str, torch.Tensor], tensors: Mapping[str, torch.Tensor]) -> None:
@@ -245,33 +339,70 @@ def save_model(path: str | os.PathLike, model: nn.Module, spec: ModelSpec) -> No
     """Write `model` and `spec` to one safetensors file, atomically.
 
     The model must be what `spec` rebuilds (same keys and shapes), so the file always loads, and
-    a model that `linfilt.unlearn` returned must come with `spec.after_unlearn(model)`.
+    a model that `linfilt.unlearn` returned must come with `spec.after_unlearn(model)`. Weights
+    with NaN or infinite values are refused: such a model is broken, and no file is written.
     """
+    if not isinstance(model, nn.Module):
+        raise LinfiltError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(spec, ModelSpec):
+        raise LinfiltError(f"spec must be a linfilt.modelio.ModelSpec, got {type(spec).__name__}")
     record = getattr(model, RECORD_ATTR, None)
     if isinstance(record, FiltrationRecord) and record.classes != spec.class_ids:
         raise LinfiltError(f"the model's outputs are classes {list(record.classes)} but the spec says "
                            f"{list(spec.class_ids)}: after linfilt.unlearn save with spec.after_unlearn(model)")
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
     _check_tensors(_build(spec).state_dict(), tensors)
+    bad = _non_finite(tensors)
+    if bad:
+        raise LinfiltError(f"cannot save this model: its {bad}, so it was not written (a diverged "
+                           "training, or a filtration of an ill-conditioned A?)")
     meta = {SPEC_KEY: json.dumps(spec.to_json(), sort_keys=True, allow_nan=False)}
     write_bytes(path, safetensors.torch.save(tensors, metadata=meta))
+
+
+def _format_problem(path: Path) -> str | None:
+    """None when the file has the structure of safetensors (an 8-byte little-endian length n, then
+    n bytes of JSON holding an object), else what the file looks like instead."""
+    with open(path, "rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        head = fh.read(8)
+        n = int.from_bytes(head, "little")
+        if len(head) == 8 and n <= min(size - 8, _MAX_HEADER) and _is_json_object(fh.read(n)):
+            return None
+    # pickle protocols 2-5 start with 0x80 and the protocol; no pickle opcode is 0x00, while a
+    # short safetensors header's length has zeros from its third byte on
+    if head.startswith(_ZIP_MAGIC) or (len(head) >= 3 and head[0] == 0x80 and 2 <= head[1] <= 5 and head[2]):
+        return ("is a PyTorch pickle (torch.save) file, not a linfilt model; linfilt never unpickles model "
+                "files. Load a plain state dict with linfilt.modelio.load_state_dict_file and save it with "
+                "save_model")
+    if len(head) < 8:
+        why = f"it has {size} bytes, fewer than the 8 of a header length"
+    elif n > _MAX_HEADER:
+        why = f"a header of {n} bytes is beyond safetensors' limit of {_MAX_HEADER}"
+    elif n > size - 8:
+        why = f"it announces a header of {n} bytes but only {size - 8} follow"
+    else:
+        why = "its header is not a JSON object"
+    return f"is not a complete safetensors file ({why}); it may be truncated or of another format"
+
+
+def _is_json_object(data: bytes) -> bool:
+    try:
+        return isinstance(json.loads(data.decode("utf-8")), dict)
+    except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        return False
 
 
 def _read_safetensors(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
     """Header metadata and tensors of a safetensors file; ModelFormatError for anything else."""
     try:
-        with open(path, "rb") as fh:
-            head = fh.read(8)
+        problem = _format_problem(path)
     except FileNotFoundError:
         raise ModelFormatError(f"{path}: no such model file") from None
     except OSError as exc:
         raise ModelFormatError(f"{path}: cannot read: {exc.strerror}") from None
-    if head.startswith(_ZIP_MAGIC) or head.startswith(_PICKLE_MAGIC):
-        raise ModelFormatError(
-            f"{path} is a PyTorch pickle (torch.save) file, not a linfilt model; linfilt never unpickles "
-            "model files. Load a plain state dict with linfilt.modelio.load_state_dict_file and save it "
-            "with save_model"
-        )
+    if problem is not None:
+        raise ModelFormatError(f"{path} {problem}")
     try:
         with safetensors.safe_open(str(path), framework="pt") as fh:
             meta = fh.metadata() or {}
@@ -298,6 +429,8 @@ def load_model(path: str | os.PathLike) -> tuple[nn.Module, ModelSpec]:
         spec = ModelSpec.from_json(json.loads(meta[SPEC_KEY]))
     except json.JSONDecodeError as exc:
         raise ModelFormatError(f"{path}: the spec is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise ModelFormatError(f"{path}: the spec is nested too deeply to be a linfilt spec") from None
     except ModelFormatError as exc:
         raise ModelFormatError(f"{path}: {exc}") from None
     try:
@@ -305,6 +438,9 @@ def load_model(path: str | os.PathLike) -> tuple[nn.Module, ModelSpec]:
         _check_tensors(model.state_dict(), tensors)
     except ModelFormatError as exc:
         raise ModelFormatError(f"{path}: {exc}") from None
+    bad = _non_finite(tensors)
+    if bad:
+        raise ModelFormatError(f"{path}: {bad}; the file is corrupt (linfilt never saves such a model)")
     model.load_state_dict(tensors, assign=True)  # the file's tensors themselves, dtypes kept
     if any(t.is_meta for t in (*model.parameters(), *model.buffers())):
         raise ModelFormatError(f"{path}: architecture {spec.arch!r} has state that the file cannot hold")

@@ -7,17 +7,46 @@ Keras' BatchNorm constants (momentum 0.99, i.e. PyTorch momentum 0.01, epsilon 1
 """
 from __future__ import annotations
 
+import inspect
 import math
-from typing import Callable
+import reprlib
+from collections.abc import Mapping
+from typing import Any, Callable
 
 import torch
 from torch import nn
 
 from linfilt.errors import LinfiltError
+from linfilt.validation import MAX_CLASS_ID, check_int, check_positive_int
 
 # Keras BatchNormalization defaults (its momentum 0.99 is the weight of the old running value).
 BN_EPS = 1e-3
 BN_MOMENTUM = 0.01
+
+# Bounds on settings: far beyond this project's images and models, they stop a typo or a tampered
+# model file from asking for terabytes (or millions of layers) before anything is allocated.
+MAX_SIZE = 2**24
+MAX_LAYERS = 100
+
+ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid}
+
+
+def _size(value: Any, name: str) -> int:
+    return check_positive_int(value, name, maximum=MAX_SIZE)
+
+
+def _sizes(value: Any, name: str) -> tuple[int, ...]:
+    if not isinstance(value, (list, tuple)):
+        raise LinfiltError(f"{name} must be a list of integers, got {reprlib.repr(value)}")
+    if len(value) > MAX_LAYERS:
+        raise LinfiltError(f"{name} lists {len(value)} layers; at most {MAX_LAYERS} are supported")
+    return tuple(_size(v, f"{name}[{i}]") for i, v in enumerate(value))
+
+
+def _activation(value: Any, name: str) -> str:
+    if not isinstance(value, str) or value not in ACTIVATIONS:
+        raise LinfiltError(f"{name} must be one of {sorted(ACTIVATIONS)}, got {reprlib.repr(value)}")
+    return value
 
 
 class GlobalMaxPool(nn.Module):
@@ -33,9 +62,7 @@ class MLP(nn.Module):
     def __init__(self, in_features: int, num_classes: int, hidden: tuple[int, ...] = (50,),
                  activation: str = "relu") -> None:
         super().__init__()
-        if activation not in ("relu", "sigmoid"):
-            raise LinfiltError(f"mlp activation must be 'relu' or 'sigmoid', not {activation!r}")
-        act = nn.ReLU if activation == "relu" else nn.Sigmoid
+        act = ACTIVATIONS[_activation(activation, "mlp activation")]
         layers: list[nn.Module] = [nn.Flatten()]
         width = in_features
         for h in hidden:
@@ -116,6 +143,34 @@ ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     "att_resnet": AttResNet,
 }
 
+# The check of each keyword argument of each architecture; those without a default are required.
+_SETTINGS: dict[str, dict[str, Callable[[Any, str], Any]]] = {
+    "mlp": {"in_features": _size, "hidden": _sizes, "activation": _activation},
+    "cifar_cnn": {"p": _size, "in_channels": _size},
+    "att_resnet": {"in_channels": _size, "widths": _sizes},
+}
+
+
+def check_arch(arch: Any, num_classes: Any, arch_kwargs: Any) -> dict[str, Any]:
+    """The validated settings of `build(arch, num_classes, **arch_kwargs)` (lists as tuples);
+    LinfiltError names the first wrong one."""
+    if not isinstance(arch, str) or arch not in ARCHITECTURES:
+        raise LinfiltError(f"unknown architecture {reprlib.repr(arch)}; "
+                           f"choose one of {sorted(ARCHITECTURES)}")
+    check_int(num_classes, "num_classes", minimum=1, maximum=MAX_CLASS_ID + 1)
+    if not isinstance(arch_kwargs, Mapping):
+        raise LinfiltError(f"the settings of architecture {arch!r} must be a mapping, "
+                           f"got {reprlib.repr(arch_kwargs)}")
+    checks = _SETTINGS[arch]
+    params = inspect.signature(ARCHITECTURES[arch]).parameters
+    required = {n for n in checks if params[n].default is inspect.Parameter.empty}
+    missing, unknown = sorted(required - set(arch_kwargs)), sorted(map(str, set(arch_kwargs) - set(checks)))
+    if missing or unknown:
+        wrong = ", ".join(([f"missing {missing}"] if missing else [])
+                          + ([f"unknown {reprlib.repr(unknown)}"] if unknown else []))
+        raise LinfiltError(f"bad settings for architecture {arch!r}: {wrong}; it takes {sorted(checks)}")
+    return {k: checks[k](v, f"{arch} {k}") for k, v in arch_kwargs.items()}
+
 
 def initialize(model: nn.Module, generator: torch.Generator | None = None) -> nn.Module:
     """Keras-style initialisation in place: Glorot-uniform weights, zero biases, BN (1, 0).
@@ -139,13 +194,7 @@ def initialize(model: nn.Module, generator: torch.Generator | None = None) -> nn
 
 
 def build(arch: str, num_classes: int, **arch_kwargs) -> nn.Module:
-    """A freshly initialised model of architecture `arch` (a key of ARCHITECTURES)."""
-    if arch not in ARCHITECTURES:
-        raise LinfiltError(f"unknown architecture {arch!r}; choose one of {sorted(ARCHITECTURES)}")
-    if "hidden" in arch_kwargs:
-        arch_kwargs["hidden"] = tuple(int(h) for h in arch_kwargs["hidden"])
-    try:
-        model = ARCHITECTURES[arch](num_classes=num_classes, **arch_kwargs)
-    except TypeError as exc:
-        raise LinfiltError(f"bad settings for architecture {arch!r}: {exc}") from None
-    return initialize(model)
+    """A freshly initialised model of architecture `arch` (a key of ARCHITECTURES); its settings
+    are validated first (see check_arch)."""
+    settings = check_arch(arch, num_classes, arch_kwargs)
+    return initialize(ARCHITECTURES[arch](num_classes=num_classes, **settings))
