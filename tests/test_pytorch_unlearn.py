@@ -320,3 +320,15 @@ def test_softmax_symmetric_head_gets_the_affine_filtration(digits, bias):
     assert new.head.bias is not None
     naive = linfilt.unlearn(model, [FORGET], (x, y), method="naive")
     np.testing.assert_array_equal(logits_of(new, xt).argmax(1), logits_of(naive, xt).argmax(1))
+
+
+def test_a_hand_set_record_with_absurd_class_ids_is_refused(trained, digits):
+    import copy
+
+    from linfilt.pytorch import FiltrationRecord
+
+    x, y, _, _ = digits
+    model = copy.deepcopy(trained)
+    model.linfilt_filtration = FiltrationRecord(classes=tuple(range(9)) + (10**12,))
+    with pytest.raises(LinfiltError, match="out of range"):
+        linfilt.unlearn(model, [1], (x, y))

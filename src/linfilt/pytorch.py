@@ -184,6 +184,8 @@ class _Classes:
     def __init__(self, model: nn.Module, k: int) -> None:
         record = getattr(model, RECORD_ATTR, None)
         self.record = record if isinstance(record, FiltrationRecord) else None
+        if self.record:  # ids index a lookup table: bounded, distinct, non-negative
+            check_class_ids(self.record.classes, f"the model's {RECORD_ATTR}.classes")
         self.ids = np.asarray(self.record.classes if self.record else range(k), dtype=np.int64)
         self.forgotten = np.asarray(self.record.forgotten if self.record else (), dtype=np.int64)
         if len(self.ids) != k:
