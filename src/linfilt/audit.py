@@ -45,6 +45,7 @@ __all__ = [
     "LabelsChanged",
     "PredictedDistribution",
     "attack_advantage",
+    "check_population",
     "difference",
     "draw_attack_sets",
     "estimate",
@@ -114,7 +115,8 @@ Samples = int | Mapping[int, int]
 # ----------------------------------------------------------------------------- input checks
 
 
-def _population(name: str, logits: Any) -> np.ndarray:
+def check_population(name: str, logits: Any) -> np.ndarray:
+    """Logits of a population: 3-D (models, test_images, outputs), non-empty, float, finite."""
     arr = np.asarray(logits)
     if arr.ndim != 3:
         raise LinfiltError(
@@ -318,8 +320,8 @@ def draw_attack_sets(
 ) -> AttackSets:
     """The data that `attack_advantage`, with the same arguments, attacks for class `cls` in
     repeat `repeat`: for inspecting an attack or running one of your own."""
-    unlearned = _population("unlearned", unlearned)
-    retrained = _population("retrained", retrained)
+    unlearned = check_population("unlearned", unlearned)
+    retrained = check_population("retrained", retrained)
     _same_images(unlearned, retrained, ("unlearned", "retrained"))
     labels = _labels(labels, unlearned.shape[1])
     _check_fraction(test_fraction)
@@ -496,8 +498,8 @@ def attack_advantage(
     classifiers: name -> factory(seed) (default `DEFAULT_CLASSIFIERS`); n_jobs runs (repeat, class)
     tasks in parallel without changing any number; progress() is called after each task.
     """
-    unlearned = _population("unlearned", unlearned)
-    retrained = _population("retrained", retrained)
+    unlearned = check_population("unlearned", unlearned)
+    retrained = check_population("retrained", retrained)
     _same_images(unlearned, retrained, ("unlearned", "retrained"))
     labels = _labels(labels, unlearned.shape[1])
     forget_t = _forget(forget)
@@ -578,8 +580,8 @@ def floor_advantage(
     if not pooled:
         return attack_advantage(retrained2, retrained, labels, forget, repeats=repeats, seed=seed,
                                 progress=progress, **kwargs)
-    first = _population("retrained", retrained)
-    second = _population("retrained2", retrained2)
+    first = check_population("retrained", retrained)
+    second = check_population("retrained2", retrained2)
     _same_images(second, first, ("retrained2", "retrained"))
     _check_repeats(repeats)
     kwargs.pop("fixed_first", None)  # each repeat deals new populations: no fixed split to keep
@@ -658,7 +660,7 @@ def retained_accuracy_loss(
     remaining logits), or k' = k for the model before unlearning (softmax over all k, so
     predicting a forgotten class counts as an error).
     """
-    logits = _population("logits", logits)
+    logits = check_population("logits", logits)
     labels = _labels(labels, logits.shape[1])
     forget_t = _forget(forget)
     outputs = _output_classes(logits.shape[2], num_classes, forget_t)
@@ -700,8 +702,8 @@ def labels_changed(
     forget: int | Iterable[int],
 ) -> LabelsChanged:
     """Table 6 for one method against naive; model i of both comes from the same full model."""
-    logits = _population("logits", logits)
-    naive_logits = _population("naive_logits", naive_logits)
+    logits = check_population("logits", logits)
+    naive_logits = check_population("naive_logits", naive_logits)
     if logits.shape != naive_logits.shape:
         raise LinfiltError(
             f"logits {logits.shape} and naive_logits {naive_logits.shape} must have the same shape: "
@@ -746,7 +748,7 @@ def predicted_distribution(
     logits: np.ndarray, labels: np.ndarray, cls: int, num_classes: int, forget: int | Iterable[int]
 ) -> PredictedDistribution:
     """Figure 3: what the models predict for the test images of class `cls` (the forgotten one)."""
-    logits = _population("logits", logits)
+    logits = check_population("logits", logits)
     labels = _labels(labels, logits.shape[1])
     outputs = _output_classes(logits.shape[2], num_classes, _forget(forget))
     idx = _class_images(labels, int(cls))

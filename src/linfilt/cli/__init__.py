@@ -29,8 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except LinfiltError as exc:
-        print(f"linfilt {args.command}: error: {exc}", file=sys.stderr)
+    except LinfiltError as exc:  # bad input the user can fix: one line, no traceback
+        message = " ".join(str(exc).split("\n"))  # messages quoting other tools may span lines
+        print(f"linfilt {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted; finished work is kept and a rerun resumes", file=sys.stderr)

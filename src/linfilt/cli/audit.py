@@ -9,6 +9,7 @@ first candidate); `--retrained2`, a second, independent retrained population, ad
 from __future__ import annotations
 
 import argparse
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,9 @@ from tqdm.auto import tqdm
 from linfilt import audit
 from linfilt.atomic import write_json
 from linfilt.errors import LinfiltError
+from linfilt.outputs import check_output_file
 from linfilt.report import cell
+from linfilt.validation import check_class_ids, check_labels, check_n_jobs, check_positive_int, check_seed
 
 GROUPS = ("forgotten", "retained")
 
@@ -45,9 +48,10 @@ def register(sub) -> None:
                    help="images per model per side for retained classes (default: --samples; "
                         "the paper's MNIST used 100)")
     p.add_argument("--seed", type=int, default=0, help="seed of the model splits and image draws (default 0)")
-    p.add_argument("--jobs", type=int, default=1, help="parallel attack fits (default 1)")
+    p.add_argument("--jobs", type=int, default=1, help="parallel attack fits (default 1; -1: all cores)")
     p.add_argument("--per-class", action="store_true", help="also print every class' advantage")
     p.add_argument("--json", metavar="PATH", help="also write every number to this JSON file")
+    p.add_argument("--force", action="store_true", help="replace --json if it exists (never an input)")
     p.set_defaults(func=run)
 
 
@@ -56,34 +60,46 @@ def _load(path: str, what: str) -> np.ndarray:
     if not file.is_file():
         raise LinfiltError(f"{what}: {file} is not a file")
     try:
-        return np.load(file, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
+        arr = np.load(file, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
         raise LinfiltError(f"{what}: {file} is not a readable .npy array without pickles ({exc})") from None
+    if not isinstance(arr, np.ndarray):  # np.load opens an .npz archive whatever its name
+        arr.close()
+        raise LinfiltError(f"{what}: {file} is an .npz archive, not an .npy array; save the array with numpy.save")
+    return arr
 
 
-def _candidates(specs: list[str]) -> dict[str, np.ndarray]:
-    out: dict[str, np.ndarray] = {}
+def _candidate_paths(specs: list[str]) -> dict[str, str]:
+    """--candidate NAME=PATH arguments as {name: path}, nothing read yet."""
+    out: dict[str, str] = {}
     for spec in specs:
         name, sep, path = spec.partition("=")
         if not sep or not name or not path:
             raise LinfiltError(f"--candidate {spec!r}: write NAME=PATH, e.g. normalization=unlearned.npy")
         if name in out or name == "floor":
             raise LinfiltError(f"--candidate name {name!r} is used twice or reserved; give each a new name")
-        out[name] = _load(path, f"--candidate {name}")
+        out[name] = path
     return out
 
 
-def _check_shapes(populations: dict[str, np.ndarray], labels: np.ndarray) -> None:
+def _check_populations(populations: dict[str, np.ndarray]) -> None:
+    """Every population checked before the first attack runs; one error naming each bad one."""
+    problems = []
+    for name, arr in populations.items():
+        try:
+            audit.check_population(name, arr)  # the attack's own check: 3-D, non-empty, float, finite
+        except LinfiltError as exc:
+            problems.append(str(exc))
+            continue
+        if arr.shape[0] < 2:
+            problems.append(f"{name} has 1 model: the attack trains on some models and tests "
+                            "on others, so it needs at least 2")
+    if problems:
+        raise LinfiltError("; ".join(problems))
     shapes = {name: arr.shape for name, arr in populations.items()}
-    for name, shape in shapes.items():
-        if len(shape) != 3:
-            raise LinfiltError(f"{name} must be logits shaped (models, test images, outputs), got {shape}")
     if len({shape[1:] for shape in shapes.values()}) > 1:
         raise LinfiltError("all populations must share the test images and outputs (axes 1 and 2): "
                            + ", ".join(f"{n} {s}" for n, s in shapes.items()))
-    n_images = next(iter(shapes.values()))[1]
-    if labels.shape != (n_images,):
-        raise LinfiltError(f"--labels has shape {labels.shape}; it needs one class id per test image, ({n_images},)")
 
 
 def _row(name: str, group: str, summary: dict[str, Any], classifiers: tuple[str, ...]) -> str:
@@ -98,20 +114,34 @@ def _table(title: str, rows: dict[str, dict[str, Any]], classifiers: tuple[str, 
     return lines
 
 
-def run(args: argparse.Namespace) -> int:
-    candidates = _candidates(args.candidate)
-    retrained = _load(args.retrained, "--retrained")
-    labels = np.asarray(_load(args.labels, "--labels"))
-    populations = {**candidates, "--retrained": retrained}
-    if args.retrained2:
-        populations["--retrained2"] = _load(args.retrained2, "--retrained2")
-    _check_shapes(populations, labels)
+def _check_arguments(args: argparse.Namespace) -> None:
+    check_positive_int(args.repeats, "--repeats")
+    check_positive_int(args.samples, "--samples")
     if args.retained_samples is None:
         args.retained_samples = args.samples
-    for flag in ("repeats", "samples", "retained_samples", "jobs"):
-        if getattr(args, flag) < 1:
-            raise LinfiltError(f"--{flag.replace('_', '-')} must be a positive integer, "
-                               f"got {getattr(args, flag)}")
+    check_positive_int(args.retained_samples, "--retained-samples")
+    check_n_jobs(args.jobs, "--jobs")
+    check_seed(args.seed, "--seed")
+    args.forget = list(check_class_ids(args.forget, "--forget"))
+
+
+def run(args: argparse.Namespace) -> int:
+    _check_arguments(args)
+    paths = _candidate_paths(args.candidate)
+    inputs = {**{f"--candidate {n}": p for n, p in paths.items()}, "--retrained": args.retrained,
+              "--labels": args.labels}
+    if args.retrained2:
+        inputs["--retrained2"] = args.retrained2
+    if args.json:
+        check_output_file(args.json, flag="--json", inputs=inputs.values(), force=args.force)
+    populations = {name: _load(path, name) for name, path in inputs.items() if name != "--labels"}
+    _check_populations(populations)
+    labels = check_labels(_load(args.labels, "--labels"), "--labels", length=populations["--retrained"].shape[1])
+    absent = [c for c in args.forget if c not in labels]
+    if absent:
+        raise LinfiltError(f"--forget {absent}: no test image has this label in --labels; the attack needs them")
+    candidates = {name: populations[f"--candidate {name}"] for name in paths}
+    retrained = populations["--retrained"]
     samples = {int(c): args.samples if c in args.forget else args.retained_samples
                for c in np.unique(labels)}
 

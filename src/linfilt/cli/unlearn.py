@@ -7,8 +7,9 @@ Class ids are always the ORIGINAL ids, so a model can be unlearned again and aga
 from __future__ import annotations
 
 import argparse
-import os
 import re
+import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -16,9 +17,12 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from linfilt.data import load, to_float
 from linfilt.errors import LinfiltError
 from linfilt.filtration import METHODS
 from linfilt.modelio import ModelSpec, load_model, save_model
+from linfilt.outputs import check_output_file
+from linfilt.validation import check_labels, check_optional_positive_int, check_seed
 
 CHUNK = 4096  # samples per forward-pass chunk (progress granularity)
 
@@ -43,19 +47,11 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, help="seed of the random choices (needed by randomization; with "
                    "--per-class it also draws the S samples at random)")
     p.add_argument("--out", required=True, help="where to write the new model (.safetensors)")
-    p.add_argument("--force", action="store_true", help="overwrite --out if it exists (never the input)")
+    p.add_argument("--force", action="store_true", help="replace --out if it exists (never an input)")
     p.add_argument("--allow-pinv", action="store_true",
                    help="use a pseudo-inverse when A is singular or ill-conditioned")
     p.add_argument("--device", default="cpu", help="torch device for the forward passes (cpu, cuda)")
     p.set_defaults(func=run)
-
-
-def _check_out(model: Path, out: Path, force: bool) -> None:
-    same = out.resolve() == model.resolve() or (out.exists() and model.exists() and os.path.samefile(out, model))
-    if same:
-        raise LinfiltError(f"--out {out} is the input model; write the new model to another file")
-    if out.exists() and not force:
-        raise LinfiltError(f"--out {out} exists; choose another file or pass --force to overwrite it")
 
 
 def _forget_ids(tokens: list[str], spec: ModelSpec) -> list[int]:
@@ -88,52 +84,98 @@ def _describe(ids, names) -> str:
 
 
 def _load_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    from linfilt.data import to_float
-
     try:
-        with np.load(path, allow_pickle=False) as f:
+        f = np.load(path, allow_pickle=False)
+        if not isinstance(f, np.lib.npyio.NpzFile):
+            raise LinfiltError(f"--data {path} is a single .npy array; save x and y with numpy.savez")
+        with f:
             missing = sorted({"x", "y"} - set(f.files))
             if missing:
                 raise LinfiltError(f"{path} lacks arrays {missing}: it needs x (inputs) and y (class ids)")
-            x, y = f["x"], f["y"]
+            return f["x"], f["y"]
+    except LinfiltError:  # a ValueError too: not to be re-wrapped below
+        raise
     except FileNotFoundError:
         raise LinfiltError(f"--data {path}: no such file") from None
-    except (ValueError, OSError) as exc:  # not an npz, truncated, or object arrays (would unpickle)
+    # not an npz, empty, truncated (EOFError, BadZipFile, zlib.error), or object arrays (would unpickle)
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
         raise LinfiltError(f"--data {path} is not a readable .npz of plain arrays: {exc}") from None
+
+
+def _input_layout(model: nn.Module) -> tuple[nn.Module, int | None]:
+    """The model's first Conv2d or Linear layer, and the image channels it takes (None for a
+    Linear: an MLP flattens whatever it is given)."""
+    first = next((m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))), None)
+    if first is None:
+        raise LinfiltError("the model has no Conv2d or Linear layer to take the images")
+    return first, first.in_channels if isinstance(first, nn.Conv2d) else None
+
+
+def _images(x: np.ndarray, model: nn.Module) -> np.ndarray:
+    """x as the model takes it, float32 (N, C, H, W) in [0, 1]: uint8 images must be channels-last
+    (N, H, W, C), float ones channels-first and already scaled. A layout that is not the expected
+    one is refused, not transposed: with C = 1 the other reading still runs and silently scrambles
+    the pixels."""
+    first, channels = _input_layout(model)
+    # a channel axis holds the model's channels, or for an MLP 1 to 4 (grey, RGB, RGBA)
+    fits = (lambda n: n == channels) if channels else (lambda n: 1 <= n <= 4)
+    want = f"{channels}" if channels else "1 to 4"
+    expected = (f"uint8 (N, H, W, C) or float32 (N, C, H, W) in [0, 1], with C = {want}"
+                + ("" if channels else f" and C*H*W = {first.in_features}"))
     if x.dtype == np.uint8:
-        x = to_float(x)
-    elif not np.issubdtype(x.dtype, np.floating) or x.ndim < 2:
-        raise LinfiltError(f"--data x must be uint8 images (N, H, W, C) or float (N, C, H, W), "
-                           f"got {x.dtype} with shape {x.shape}")
-    return x.astype(np.float32, copy=False), y
+        if x.ndim == 4 and fits(x.shape[3]):
+            return to_float(x)
+        seen = "(N, C, H, W)" if x.ndim == 4 and fits(x.shape[1]) else "not one of these"
+        raise LinfiltError(f"--data x is uint8 of shape {x.shape}: layout {seen}; expected {expected}")
+    if not np.issubdtype(x.dtype, np.floating):
+        raise LinfiltError(f"--data x has dtype {x.dtype}; expected {expected}")
+    flat = channels is None and x.ndim == 2 and x.shape[1] == first.in_features  # (N, features) for an MLP
+    if not flat and not (x.ndim == 4 and fits(x.shape[1])):
+        seen = "(N, H, W, C)" if x.ndim == 4 and fits(x.shape[3]) else "not one of these"
+        raise LinfiltError(f"--data x is {x.dtype} of shape {x.shape}: layout {seen}; expected {expected}")
+    if not np.all(np.isfinite(x)):
+        raise LinfiltError("--data x holds NaN or infinite values; float images must lie in [0, 1]")
+    if x.size and (x.min() < 0 or x.max() > 1):
+        raise LinfiltError(f"--data x holds float values in [{x.min():.4g}, {x.max():.4g}]; float images "
+                           "must lie in [0, 1]: divide 0..255 values by 255, or store them as uint8 (N, H, W, C)")
+    return x.astype(np.float32, copy=False)
 
 
-def _load_data(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray]:
+def _load_data(args: argparse.Namespace, model: nn.Module) -> tuple[np.ndarray, np.ndarray]:
     if args.data is not None:
         x, y = _load_npz(Path(args.data))
     else:
-        from linfilt.data import load, to_float
-
         ds = load(args.dataset, root=args.root)
         x, y = (ds.x_test, ds.y_test) if args.split == "test" else (ds.x_train, ds.y_train)
-        x = to_float(x)
-    y = np.asarray(y)
-    if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer) or len(y) != len(x):
-        raise LinfiltError(f"labels y must be {len(x)} integer class ids, got {y.dtype} with shape {y.shape}")
-    return x, y.astype(np.int64)
+    x = _images(np.asarray(x), model)
+    return x, check_labels(y, "--data y", length=len(x))
+
+
+def _dtype(model: nn.Module) -> torch.dtype:
+    """The dtype the model computes in (float64, bfloat16, ...): inputs are cast to it."""
+    return next(p.dtype for p in model.parameters() if p.is_floating_point())
 
 
 @torch.no_grad()
 def _logits(model: nn.Module, x: np.ndarray, device: torch.device, what: str) -> np.ndarray:
     model.to(device).eval()
-    parts = []
-    try:
-        for i in tqdm(range(0, len(x), CHUNK), desc=f"logits {what}", leave=False, disable=None):
-            parts.append(model(torch.from_numpy(x[i:i + CHUNK]).to(device)).double().cpu().numpy())
-    except RuntimeError as exc:
-        raise LinfiltError(f"the model cannot run on inputs of shape {x.shape[1:]}: "
-                           f"{str(exc).splitlines()[0]}") from None
+    dtype = _dtype(model)
+    parts = [model(torch.from_numpy(x[i:i + CHUNK]).to(device, dtype)).double().cpu().numpy()
+             for i in tqdm(range(0, len(x), CHUNK), desc=f"logits {what}", leave=False, disable=None)]
     return np.concatenate(parts)
+
+
+@torch.no_grad()
+def _check_fits(model: nn.Module, x: np.ndarray, device: torch.device) -> None:
+    """One sample through the model, before the real passes: a size it cannot take is an error
+    naming both sizes."""
+    try:
+        model.to(device).eval()(torch.from_numpy(x[:1]).to(device, _dtype(model)))
+    except RuntimeError as exc:
+        first, channels = _input_layout(model)
+        takes = f"({channels}, H, W) images" if channels else f"{first.in_features} values per sample"
+        raise LinfiltError(f"--data x has samples of shape {x.shape[1:]} but the model takes {takes} "
+                           f"({str(exc).splitlines()[0]})") from None
 
 
 def _device(name: str) -> torch.device:
@@ -141,22 +183,33 @@ def _device(name: str) -> torch.device:
         device = torch.device(name)
     except RuntimeError:
         raise LinfiltError(f"--device {name!r} is not a torch device (try cpu or cuda)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise LinfiltError("--device cuda: no CUDA device is available here; use --device cpu")
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise LinfiltError(f"--device {name}: no CUDA device is available here; use --device cpu")
+        if device.index is not None and device.index >= count:
+            raise LinfiltError(f"--device {name}: there are only {count} CUDA devices (cuda:0..cuda:{count - 1})")
+    elif device.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise LinfiltError(f"--device {name}: MPS is not available here; use --device cpu")
+    elif device.type != "cpu":
+        raise LinfiltError(f"--device {name!r}: linfilt runs models on cpu, cuda, cuda:N or mps")
     return device
 
 
 def run(args: argparse.Namespace) -> int:
     import linfilt
 
-    model_path, out = Path(args.model), Path(args.out)
-    _check_out(model_path, out, args.force)
+    check_seed(args.seed, "--seed")
+    check_optional_positive_int(args.per_class, "--per-class")
     if args.method == "randomization" and args.seed is None:
         raise LinfiltError("--method randomization needs --seed N (its random z must be reproducible)")
+    model_path = Path(args.model)
+    out = check_output_file(args.out, flag="--out", inputs=(args.model, args.data), force=args.force)
     device = _device(args.device)
     model, spec = load_model(model_path)
     forget = _forget_ids(args.forget, spec)
-    x, y = _load_data(args)
+    x, y = _load_data(args, model)
 
     earlier = np.isin(y, spec.forgotten_ids)  # samples of classes forgotten before: not this model's
     unknown = sorted(set(y[~earlier & ~np.isin(y, spec.class_ids)].tolist()))
@@ -164,6 +217,9 @@ def run(args: argparse.Namespace) -> int:
         raise LinfiltError(f"the data has labels {unknown[:10]} that are not classes of this model "
                            f"(its classes: {list(spec.class_ids)})")
     x, y = x[~earlier], y[~earlier]
+    if not len(y):
+        raise LinfiltError("the data has no samples of this model's classes: A needs samples of every class")
+    _check_fits(model, x, device)
     before = _logits(model, x, device, "before")
     new = linfilt.unlearn(model, forget, method=args.method, per_class=args.per_class, rng=args.seed,
                           allow_pinv=args.allow_pinv, logits=before, labels=y)
