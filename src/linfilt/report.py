@@ -184,9 +184,20 @@ def _body(layout: Layout, name: str, m: dict[str, Any], figures_dir: Path) -> li
         return ["", accuracy_table(m, rows, theirs)]
     if layout.kind == "labels_changed":
         return ["", labels_changed_table(m)]
-    png = figures_dir / f"figure3-{name}.png"
+    png = figure3_path(figures_dir, name)
     figure3(m, png)
     return ["", f"![Figure 3, {name}]({png.name})"]
+
+
+def figure3_path(figures_dir: Path, name: str) -> Path:
+    return figures_dir / f"figure3-{name}.png"
+
+
+def figures(artifact: str, figures_dir: Path) -> list[Path]:
+    """The PNG files that rendering `artifact` writes into figures_dir."""
+    if LAYOUTS[artifact].kind != "figure3":
+        return []
+    return [figure3_path(figures_dir, name) for name in ARTIFACTS[artifact][0]]
 
 
 def render(artifact: str, metrics: dict[str, dict[str, Any]], figures_dir: Path) -> str:

@@ -10,7 +10,7 @@ import time
 import numpy as np
 import torch
 
-from linfilt.errors import LinfiltError
+from linfilt.validation import check_class_ids, check_int, check_optional_positive_int, check_positive_int
 
 EPOCHS, BATCH, HIDDEN = 10, 32, (32,)
 REPEATS = 5
@@ -38,21 +38,22 @@ def _logits(model: torch.nn.Module, x: np.ndarray) -> np.ndarray:
 def run(args: argparse.Namespace) -> int:
     from linfilt.audit import labels_changed, predicted_distribution, retained_accuracy_loss
     from linfilt.data import load, to_float
-    from linfilt.filtration import METHODS, retained_classes
+    from linfilt.filtration import METHODS, retained_classes, select_per_class
     from linfilt.models import build
     from linfilt.population import fit
     from linfilt.pytorch import unlearn
 
-    if not 0 <= args.forget <= 9:
-        raise LinfiltError(f"--forget must be a digit 0..9, got {args.forget}")
-    if args.epochs < 1:
-        raise LinfiltError(f"--epochs must be positive, got {args.epochs}")
+    c = check_class_ids(args.forget, "--forget", num_classes=10)[0]
+    check_positive_int(args.epochs, "--epochs")
+    check_optional_positive_int(args.per_class, "--per-class")
+    check_int(args.seed, "--seed", minimum=0, maximum=2**64 - 1)  # torch.manual_seed takes 64 bits
     # One thread: this model is far too small to gain from more, and on a busy machine threads that
     # wait for each other make every step several times slower (for training and unlearning alike).
     torch.set_num_threads(1)
     ds = load("digits")
     x, y, xt, yt = to_float(ds.x_train), ds.y_train, to_float(ds.x_test), ds.y_test
-    c = args.forget
+    if args.per_class is not None:  # enough images of every digit, known before the first fit
+        select_per_class(y, 10, args.per_class)
     kept = retained_classes(10, [c])
     arch = dict(in_features=64, hidden=HIDDEN)
     settings = dict(epochs=args.epochs, batch_size=BATCH, seed=args.seed)

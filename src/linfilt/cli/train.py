@@ -2,14 +2,21 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import numpy as np
 
 from linfilt.errors import LinfiltError
 from linfilt.filtration import retained_classes
 from linfilt.models import ARCHITECTURES
+from linfilt.outputs import check_output_dir
 from linfilt.population import POPULATIONS, PROTOCOL, STRATEGIES, PopulationConfig, run_dir, \
     train_populations
+from linfilt.validation import check_class_ids, check_float, check_optional_positive_int, \
+    check_positive_int, check_seed
+
+# Widest dense layer --p accepts: far beyond the paper's 1024, and a typo cannot ask for terabytes.
+MAX_P = 2**16
 
 
 def _forget(text: str) -> tuple[int, ...]:
@@ -50,7 +57,26 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
+def _check_args(args: argparse.Namespace) -> None:
+    """Every argument, before any data is loaded or any folder made."""
+    check_class_ids(args.forget, "--forget")
+    check_positive_int(args.models, "--models")
+    for flag in ("epochs", "batch_size", "chunk_size"):
+        check_optional_positive_int(getattr(args, flag), f"--{flag.replace('_', '-')}")
+    if args.p is not None:
+        check_positive_int(args.p, "--p", maximum=MAX_P)
+    check_float(args.lr, "--lr", low=0, low_open=True)
+    check_seed(args.seed, "--seed")
+    # A plain folder name: "../x" or "a/b" would put the results outside --out.
+    if args.experiment in ("", ".", "..") or Path(args.experiment).name != args.experiment:
+        raise LinfiltError(f"--experiment {args.experiment!r} must be a plain folder name "
+                           "(no '/', not '.' or '..'): it names a subfolder of --out")
+    check_output_dir(args.out, flag="--out")
+    check_output_dir(Path(args.out) / args.experiment, flag="--experiment")
+
+
 def run(args: argparse.Namespace) -> int:
+    _check_args(args)
     overrides = {"models": args.models, "lr": args.lr, "seed": args.seed, "device": args.device,
                  "strategy": args.strategy, "precision": args.precision}
     if args.arch is not None and args.arch != PROTOCOL[args.dataset]["arch"]:

@@ -7,11 +7,16 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from linfilt.atomic import write_bytes, write_text
-from linfilt.errors import LinfiltError
+from linfilt.errors import CorruptFileError, LinfiltError
 from linfilt.experiments.runner import result_dir, run_experiment
 from linfilt.experiments.spec import ARTIFACTS, EXPERIMENTS, Experiment
+from linfilt.outputs import check_output_dir, check_output_file
+from linfilt.population import FASTEST
+from linfilt.training import check_device
+from linfilt.validation import check_n_jobs, check_optional_positive_int
 
 INVERSION_FIGURES = ("figure1", "figure5", "figure6")
+INVERSION_EPOCHS = 150  # the inversion MLP's training epochs unless --epochs says otherwise
 ALL = tuple(ARTIFACTS) + INVERSION_FIGURES
 
 
@@ -42,22 +47,44 @@ def reproduce(artifacts: Sequence[str], out: str | Path = "runs", *, models: int
               n_jobs: int = 1, train: bool = True, progress: bool = True,
               report_dir: str | Path | None = None) -> Path:
     """Run (train=True) or only read back (train=False) what `artifacts` need; write the report.
-    Returns the report's path: `<report_dir>/report.md` (default `<out>/report.md`), figures beside it."""
-    from linfilt.report import render
+    Returns the report's path: `<report_dir>/report.md` (default `<out>/report.md`), figures beside it.
 
-    out = Path(out)
-    report_dir = Path(report_dir) if report_dir is not None else out
+    Every argument and output path is checked before the first experiment starts. The report and
+    its figures are this function's products: they replace earlier ones, but never an input."""
+    from linfilt.report import figures, render
+
     artifacts = resolve(artifacts)
+    for flag, value in (("--models", models), ("--epochs", epochs), ("--repeats", repeats)):
+        check_optional_positive_int(value, flag)
+    check_n_jobs(n_jobs, "--jobs")
+    if train:
+        _check_device(device)
+        check_output_dir(out, flag="--out")
+    out = Path(out)
+    flag = "--out" if report_dir is None else "--report-dir"
+    report_dir = check_output_dir(out if report_dir is None else report_dir, flag=flag)
+    experiments = experiments_for(artifacts, models, epochs, repeats)
+    inversion = [a for a in artifacts if a in INVERSION_FIGURES]
+    inversion_epochs = INVERSION_EPOCHS if epochs is None else epochs
+    folder = out / "inversion" / f"epochs{inversion_epochs}-{device.split(':')[0]}"
+    sources = [folder / f"{f}.png" for f in inversion]
+    written = [report_dir / "report.md", *(report_dir / src.name for src in sources),
+               *(png for a in artifacts if a in ARTIFACTS for png in figures(a, report_dir))]
+    for path in written:
+        check_output_file(path, flag=flag, inputs=sources, force=True)
+
     metrics: dict[str, dict[str, Any]] = {}
-    for name, exp in experiments_for(artifacts, models, epochs, repeats).items():
+    for name, exp in experiments.items():
         path = result_dir(exp, out, device) / "metrics.json"
         if train:
             metrics[name] = run_experiment(exp, out, device, n_jobs=n_jobs, progress=progress)
         elif path.is_file():
-            metrics[name] = json.loads(path.read_text())
+            metrics[name] = _read_json(path)
         else:
             raise LinfiltError(f"no finished results for {name} at this scale ({path} is missing); "
                                "run `linfilt reproduce` with the same --models/--epochs/--repeats first")
+    # Every input is at hand before the first output is written: a missing one leaves no half report.
+    inverted = _inversion_result(folder, inversion_epochs, device, train, progress) if inversion else None
     sections = ["# linfilt: the paper's results, reproduced", "",
                 "Advantage cells: mean over attack repeats [95% percentile interval over repeats; "
                 "random model splits and image samples, the first repeat is the paper's fixed split]. "
@@ -67,30 +94,44 @@ def reproduce(artifacts: Sequence[str], out: str | Path = "runs", *, models: int
                 "is exactly 0; its interval shows how far an advantage moves where there is nothing "
                 "to find, including which models happen to form a population.", ""]
     sections += [render(a, metrics, report_dir) for a in artifacts if a in ARTIFACTS]
-    inversion = [a for a in artifacts if a in INVERSION_FIGURES]
-    if inversion:
-        sections.append(_inversion_section(inversion, out, report_dir, epochs, device, train, progress))
+    if inverted is not None:
+        sections.append(_inversion_section(inversion, inverted, folder, report_dir, inversion_epochs, device))
     report = report_dir / "report.md"
     write_text(report, "\n".join(sections) + "\n")
     return report
 
 
-def _inversion_section(figures: list[str], out: Path, report_dir: Path, epochs: int | None, device: str,
-                       train: bool, progress: bool) -> str:
+def _check_device(device: str) -> None:
+    """A device this machine can train on, of a type the population engine runs (cpu, cuda)."""
+    if check_device(device).type not in FASTEST:
+        raise LinfiltError(f"--device {device!r}: experiments run on cpu or cuda[:N]")
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CorruptFileError(f"{path} is unreadable ({exc}); delete it and rerun `linfilt reproduce` "
+                               "to recompute it") from None
+
+
+def _inversion_result(folder: Path, epochs: int, device: str, train: bool, progress: bool
+                      ) -> dict[str, Any]:
     from linfilt.experiments import inversion
 
-    epochs = epochs or 150
-    folder = out / "inversion" / f"epochs{epochs}-{device.split(':')[0]}"
     metrics_path = folder / "metrics.json"
     if metrics_path.is_file():
-        result = json.loads(metrics_path.read_text())
-    elif train:
-        result = inversion.run(folder, epochs=epochs, device=device, progress=progress)
-    else:
-        raise LinfiltError(f"no inversion results at {metrics_path}; run `linfilt reproduce figure5` first")
+        return _read_json(metrics_path)
+    if train:
+        return inversion.run(folder, epochs=epochs, device=device, progress=progress)
+    raise LinfiltError(f"no inversion results at {metrics_path}; run `linfilt reproduce figure5` first")
+
+
+def _inversion_section(names: list[str], result: dict[str, Any], folder: Path, report_dir: Path,
+                       epochs: int, device: str) -> str:
     lines = ["## Figures 1, 5, 6: model inversion (AT&T faces, 4 people, inversion MLP)", "",
              f"*{epochs} epochs, on {device}.*", ""]
-    for f in figures:  # beside the report, so the report folder stands alone
+    for f in names:  # beside the report, so the report folder stands alone
         write_bytes(report_dir / f"{f}.png", (folder / f"{f}.png").read_bytes())
         lines.append(f"![{f}]({f}.png)")
     return "\n".join(lines + ["", result["markdown"], ""])
