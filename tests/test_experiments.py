@@ -140,3 +140,28 @@ def test_labels_changed_rows_follow_the_method_order_not_the_stored_key_order():
                "accuracy": {m: {"accuracy_mean": 0.5} for m in methods}}
     rows = [line.split("|")[1].strip() for line in report.labels_changed_table(metrics).splitlines()[2:]]
     assert rows == ["normalization, s = 10", "normalization", "zeroing"]
+
+
+def test_a_damaged_stored_result_is_named(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from linfilt.errors import CorruptFileError
+    from linfilt.experiments import runner
+
+    exp = spec.EXPERIMENTS["mnist"].scaled(models=4, epochs=1, repeats=1)
+    root = result_dir(exp, tmp_path, "cpu")
+    root.mkdir(parents=True)
+    (root / "metrics.json").write_text('{"experiment": ')
+    with pytest.raises(CorruptFileError, match="metrics.json is unreadable.*rerun the same command"):
+        runner.run_experiment(exp, tmp_path, progress=False)
+    (root / "metrics.json").unlink()
+    # a stored attack row that is JSON but not an attack result
+    seen, labels = _population(models=4, k=10)
+    monkeypatch.setattr(runner, "load", lambda name: SimpleNamespace(y_test=labels,
+                                                                     classes=tuple("0123456789")))
+    monkeypatch.setattr(runner, "train_populations", lambda cfg, pops, **kw: {
+        p: seen if p == "seen" else seen[:, :, 1:] for p in pops})
+    (root / "attacks").mkdir()
+    (root / "attacks" / "naive.json").write_text('{"advantages": [0.1]}')
+    with pytest.raises(CorruptFileError, match="naive.json is not an attack result.*delete it"):
+        runner.run_experiment(exp, tmp_path, progress=False)

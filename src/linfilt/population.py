@@ -3,17 +3,31 @@ their test-set logits (M, n_test, classes).
 
 Three populations per configuration: *seen* (all k classes), *notseen* (trained without the
 forgotten classes C, k - |C| outputs) and *transfer* (a seen model's layers frozen, a new head
-with k - |C| outputs trained without C). Model j of a population depends only on (config seed,
-population, j), so it is the same model whether trained alone, in a chunk of 10 or of 100, and
-whichever strategy batches the training (up to float rounding between strategies).
+with k - |C| outputs trained without C). Model j of a population starts from (config seed,
+population, j) alone, so it is the same model whichever strategy batches the training, up to float
+rounding.
+
+That rounding depends on the chunk with a batched strategy: on a CPU, PyTorch's fused Adam runs
+the elements of a stacked parameter that do not fill a last SIMD vector through scalar code that
+rounds differently from its vector code, and which model's elements those are depends on how many
+models share the tensor (on a GPU, cuBLAS picks its kernels by batch count). A few ulps grow over
+the epochs into logits that differ by whole units, so with a batched strategy a model's numbers
+depend on the chunk size. The chunk size is therefore part of the store's key for them (below); the loop
+strategy trains one model at a time and its results do not depend on the chunking.
 
 Storage, under `<out>/<experiment>/<config hash>/`:
     config.json                          the full config the hash is made of
     test_labels.npy                      int64 (n_test,)
+    [chunk-<c>/]                         for a batched strategy run with a chunk size c other than
+                                         100, everything below lives in this subfolder
     chunks/<population>/<a>-<b>.npy      float32 logits of models a..b-1, one file per finished chunk
     logits/<population>.npy              float32 (M, n_test, classes), assembled when all are done
     models/<population>/<j>.safetensors  model j (only with save_models)
-A killed run resumes at the first unfinished chunk; a changed setting changes the hash.
+    checkpoints/<population>/<a>-<b>.safetensors  a chunk's training state after its last epoch
+Every array has a `<file>.sha256` JSON beside it (its checksum, shape and dtype), checked on every
+read together with the shape, dtype and values (finite logits, no all-zero model, labels in range);
+a file from before checksums existed is checked the same way and then gets its checksum. A killed
+run resumes at its last finished epoch; a changed setting changes the hash.
 """
 from __future__ import annotations
 
@@ -21,6 +35,7 @@ import copy
 import dataclasses
 import functools
 import hashlib
+import io
 import json
 import re
 import time
@@ -29,20 +44,22 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
+import safetensors.torch
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from linfilt.atomic import save_npy, write_json
+from linfilt.atomic import write_bytes, write_json
 from linfilt.ensemble import GroupedEnsemble, VmapEnsemble
 from linfilt.errors import CorruptFileError, LinfiltError
 from linfilt.filtration import check_forget, retained_classes
 from linfilt.models import build, initialize
 from linfilt.training import (PRECISIONS, as_tensors, check_device, check_labels, fit,
-                              predict_logits, train_steps)
+                              optimizer_tensors, predict_logits, train_steps)
+from linfilt.validation import check_positive_int
 
 __all__ = ["fit", "predict_logits", "PopulationConfig", "PROTOCOL", "POPULATIONS", "STRATEGIES",
-           "model_seeds", "init_model", "train_models", "run_dir", "train_populations",
+           "model_seeds", "init_model", "train_models", "run_dir", "results_dir", "train_populations",
            "train_population"]
 
 POPULATIONS = ("seen", "notseen", "transfer")
@@ -70,6 +87,9 @@ FASTEST: dict[str, dict[str, str]] = {
 
 # Test images per forward pass when computing logits.
 EVAL_BATCH = 1000
+# Models trained at once by a batched strategy unless told otherwise; results computed with it
+# keep the folder layout they had before the chunk size became part of the key.
+DEFAULT_CHUNK = 100
 
 
 @dataclass(frozen=True)
@@ -123,7 +143,8 @@ class PopulationConfig:
     def key(self) -> dict[str, Any]:
         """What the hash is made of: every field but `models`, the device by type only, the engine
         version. Model j does not depend on the population size, so a population grown from 20 to
-        100 models reuses its first 20 (and a smaller request reads a prefix)."""
+        100 models reuses its first 20 (and a smaller request reads a prefix); with a batched
+        strategy a partly done chunk is retrained whole, as a fresh run would train it."""
         key = dataclasses.asdict(self)
         del key["models"]
         key["device"] = torch.device(self.device).type
@@ -137,6 +158,21 @@ class PopulationConfig:
 
 def run_dir(cfg: PopulationConfig, out: str | Path = "runs", experiment: str = "populations") -> Path:
     return Path(out) / experiment / cfg.digest()
+
+
+def default_chunk_size(cfg: PopulationConfig) -> int:
+    # the loop trains one model at a time anyway: keep each at once
+    return 1 if cfg.strategy == "loop" else DEFAULT_CHUNK
+
+
+def results_dir(cfg: PopulationConfig, out: str | Path = "runs", experiment: str = "populations",
+                chunk_size: int | None = None) -> Path:
+    """Where `train_populations` keeps chunks/, logits/, models/ and checkpoints/: `run_dir`, or
+    its `chunk-<c>` subfolder for a batched strategy run with a chunk size c other than 100."""
+    root = run_dir(cfg, out, experiment)
+    if cfg.strategy == "loop" or chunk_size in (None, DEFAULT_CHUNK):
+        return root
+    return root / f"chunk-{chunk_size}"
 
 
 def model_seeds(seed: int, population: str, j: int) -> tuple[int, int]:
@@ -175,18 +211,178 @@ def _trainable(net: nn.Module, frozen_body: bool) -> list[torch.Tensor]:
     return params
 
 
+_REDO = "delete it and rerun the same command, which recomputes it (finished chunks are kept)"
+
+
+def _read_checked(path: Path) -> bytes:
+    """The bytes of `path`, checked against the checksum beside it (if any)."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise CorruptFileError(f"{path} is unreadable ({exc}); {_REDO}") from None
+    side = _sidecar(path)
+    if side.is_file():
+        try:
+            expected = json.loads(side.read_text())["sha256"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise CorruptFileError(f"{side} (the checksum of {path.name}) is unreadable ({exc}); "
+                                   "delete both files and rerun the same command to recompute them") from None
+        if hashlib.sha256(data).hexdigest() != expected:
+            raise CorruptFileError(f"{path} does not match its checksum in {side.name}: it was changed "
+                                   f"or damaged; {_REDO}")
+    return data
+
+
+def _write_checked(path: Path, data: bytes, **info: Any) -> None:
+    """Write `data` atomically, then its checksum beside it (a kill in between leaves a file with
+    no checksum, which the next read checks and adopts, never a stale checksum)."""
+    _sidecar(path).unlink(missing_ok=True)
+    write_bytes(path, data)
+    _write_sidecar(path, data, **info)
+
+
+def _write_sidecar(path: Path, data: bytes, **info: Any) -> None:
+    write_json(_sidecar(path), {"sha256": hashlib.sha256(data).hexdigest(), **info})
+
+
+def _sidecar(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def _save_array(path: Path, arr: np.ndarray) -> None:
+    """np.save with a checksum beside the file, atomically."""
+    buf = io.BytesIO()
+    np.save(buf, arr, allow_pickle=False)
+    _write_checked(path, buf.getvalue(), shape=list(arr.shape), dtype=arr.dtype.str)
+
+
+def _load_array(path: Path, shape: tuple[int, ...], dtype: type, check=None) -> np.ndarray:
+    """An array saved by `_save_array`: checksum, shape, dtype and `check(arr)` (an error message or
+    None) verified, else CorruptFileError naming the file. A file without a checksum (written
+    before checksums existed) that passes the checks gets one."""
+    adopt = not _sidecar(path).is_file()
+    data = _read_checked(path)
+    try:
+        arr = np.load(io.BytesIO(data), allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise CorruptFileError(f"{path} is unreadable ({exc}); {_REDO}") from None
+    if arr.shape != shape or arr.dtype != dtype:
+        raise CorruptFileError(f"{path} holds {arr.dtype} {arr.shape}, expected {np.dtype(dtype)} {shape}; "
+                               f"{_REDO}")
+    problem = check(arr) if check is not None else None
+    if problem:
+        raise CorruptFileError(f"{path} {problem}; {_REDO}")
+    if adopt:
+        try:
+            _write_sidecar(path, data, shape=list(arr.shape), dtype=arr.dtype.str)
+        except OSError:
+            pass  # a read-only folder: the checks above passed, the checksum waits for a writable one
+    return arr
+
+
+def _logits_problem(arr: np.ndarray) -> str | None:
+    if not np.isfinite(arr).all():
+        return "holds NaN or infinite logits"
+    zero = [i for i, m in enumerate(arr) if not m.any()]
+    if zero:  # no trained model has all logits exactly 0
+        return f"holds all-zero logits for {len(zero)} model(s) (first: row {zero[0]})"
+    return None
+
+
+class _Checkpoint:
+    """One chunk's training state after its last finished epoch: safetensors (read back without
+    unpickling), with a checksum beside it. Only the chunk it was made for (`indices`) reads it."""
+
+    def __init__(self, path: Path, indices: Sequence[int]) -> None:
+        self.path, self.indices = path, torch.tensor(list(indices), dtype=torch.int64)
+
+    def load(self) -> dict[str, torch.Tensor] | None:
+        if not self.path.is_file():
+            return None
+        try:
+            tensors = safetensors.torch.load(_read_checked(self.path))
+        except safetensors.SafetensorError as exc:
+            raise CorruptFileError(f"{self.path} is unreadable ({exc}); delete it and rerun the same "
+                                   "command (that chunk then trains from its first epoch)") from None
+        models = tensors.get("meta.models")
+        if models is None or not torch.equal(models, self.indices):
+            return None  # left by a run that chunked differently: start this chunk afresh
+        return tensors
+
+    def save(self, tensors: dict[str, torch.Tensor]) -> None:
+        tensors = {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}
+        _write_checked(self.path, safetensors.torch.save({**tensors, "meta.models": self.indices}))
+
+    def delete(self) -> None:
+        self.path.unlink(missing_ok=True)
+        _sidecar(self.path).unlink(missing_ok=True)
+
+
+def _state(module: nn.Module) -> dict[str, torch.Tensor]:
+    # VmapEnsemble keeps a skeleton of the model on the meta device: nothing to save there
+    return {k: v for k, v in module.state_dict().items() if v.device.type != "meta"}
+
+
+def _section(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)}
+
+
+@torch.no_grad()
+def _restore(module: nn.Module, tensors: dict[str, torch.Tensor], path: Path) -> None:
+    state = _state(module)
+    if tensors.keys() != state.keys() or any(tensors[k].shape != v.shape for k, v in state.items()):
+        raise CorruptFileError(f"{path} does not hold this chunk's models; delete it and rerun the "
+                               "same command (that chunk then trains from its first epoch)")
+    for key, value in state.items():
+        value.copy_(tensors[key])
+
+
+def _resume(module: nn.Module, saved: dict[str, torch.Tensor] | None, checkpoint: _Checkpoint | None
+            ) -> dict[str, Any]:
+    """train_steps' resume arguments: restores `module` from `saved` when there is one."""
+    if saved is None:
+        return {}
+    _restore(module, _section(saved, "train."), checkpoint.path)
+    return {"start_epoch": int(saved["meta.epoch"]), "opt_state": _section(saved, "opt.")}
+
+
+def _saver(checkpoint: _Checkpoint | None, finished: list[nn.Module], unit: int, module: nn.Module):
+    """train_steps' `on_epoch`: checkpoint the chunk (its finished models, the one in training,
+    the optimiser, the epoch)."""
+    if checkpoint is None:
+        return None
+
+    def save(epoch: int, opt: torch.optim.Optimizer) -> None:
+        tensors = {f"model.{i}.{k}": v for i, m in enumerate(finished) for k, v in _state(m).items()}
+        tensors.update({f"train.{k}": v for k, v in _state(module).items()})
+        tensors.update({f"opt.{k}": v for k, v in optimizer_tensors(opt).items()})
+        tensors["meta.unit"], tensors["meta.epoch"] = torch.tensor(unit), torch.tensor(epoch)
+        checkpoint.save(tensors)
+
+    return save
+
+
 def train_models(models: list[nn.Module], x: torch.Tensor, y: torch.Tensor, order_seeds: Sequence[int],
                  epochs: int, batch_size: int, lr: float = 1e-3, strategy: str = "loop",
                  precision: str = "fp32", frozen_body: bool = False,
-                 on_step=None) -> list[nn.Module]:
+                 on_step=None, checkpoint: _Checkpoint | None = None) -> list[nn.Module]:
     """Train `models` (same architecture, on x's device) in place, model j in the order of
     `order_seeds[j]`, with the given batching strategy. With `frozen_body` only each `head` learns
-    and the body stays in inference mode. Returns the models in eval mode."""
+    and the body stays in inference mode. With a `checkpoint` the state is saved after every epoch
+    and training resumes from the saved one, to the same bits as if never stopped. Returns the
+    models in eval mode."""
+    saved = checkpoint.load() if checkpoint is not None else None
     if strategy == "loop":
-        for model, seed in zip(models, order_seeds):
-            _mode(model, frozen_body)
-            train_steps(lambda xb, m=model: m(xb[0]).unsqueeze(0), _trainable(model, frozen_body),
-                        x, y, [seed], epochs, batch_size, lr, precision, on_step)
+        unit = int(saved["meta.unit"]) if saved is not None else 0
+        for i, (model, seed) in enumerate(zip(models, order_seeds)):
+            if i < unit:  # finished before the stop
+                _restore(model, _section(saved, f"model.{i}."), checkpoint.path)
+            else:
+                _mode(model, frozen_body)
+                train_steps(lambda xb, m=model: m(xb[0]).unsqueeze(0), _trainable(model, frozen_body),
+                            x, y, [seed], epochs, batch_size, lr, precision, on_step,
+                            **_resume(model, saved if i == unit else None, checkpoint),
+                            on_epoch=_saver(checkpoint, models[:i], i, model))
             model.requires_grad_(True).eval()
         return models
     if strategy not in STRATEGIES:
@@ -199,7 +395,8 @@ def train_models(models: list[nn.Module], x: torch.Tensor, y: torch.Tensor, orde
     torch.backends.cudnn.benchmark = x.is_cuda  # grouped convolutions: let cuDNN time its kernels
     try:
         train_steps(ensemble, _trainable(ensemble, frozen_body), x, y, order_seeds, epochs,
-                    batch_size, lr, precision, on_step)
+                    batch_size, lr, precision, on_step, **_resume(ensemble, saved, checkpoint),
+                    on_epoch=_saver(checkpoint, [], 0, ensemble))
     finally:
         torch.backends.cudnn.benchmark = benchmark
     for model, state in zip(models, ensemble.state_dicts()):
@@ -248,10 +445,13 @@ _CHUNK = re.compile(r"(\d+)-(\d+)\.npy")
 
 
 class _Store:
-    """The files of one config's run folder."""
+    """The files of one config's run folder (for a batched strategy, of one chunk size in it)."""
 
-    def __init__(self, root: Path, cfg: PopulationConfig, shape: dict[str, tuple[int, int]]) -> None:
+    def __init__(self, root: Path, cfg: PopulationConfig, shape: dict[str, tuple[int, int]],
+                 chunk_size: int) -> None:
         self.root, self.cfg, self.shape = root, cfg, shape
+        # loop: one model at a time, whatever the chunking; batched: the chunk is part of the key
+        self.block = None if cfg.strategy == "loop" else chunk_size
 
     def chunks(self, population: str) -> dict[tuple[int, int], Path]:
         folder = self.root / "chunks" / population
@@ -259,7 +459,14 @@ class _Store:
         for path in sorted(folder.glob("*.npy")) if folder.is_dir() else []:
             match = _CHUNK.fullmatch(path.name)
             if match:
-                found[(int(match[1]), int(match[2]))] = path
+                a, b = int(match[1]), int(match[2])
+                if self.block is not None and (a % self.block or b - a > self.block):
+                    raise CorruptFileError(
+                        f"{path} holds models {a}..{b - 1}, not one chunk of {self.block} (another chunk "
+                        f"size, or a population grown by an older version), and a batched model's "
+                        f"numbers depend on its chunk; move "
+                        f"{self.root / 'chunks'} and {self.root / 'logits'} away and rerun")
+                found[(a, b)] = path
         return found
 
     def done(self, population: str) -> set[int]:
@@ -268,7 +475,14 @@ class _Store:
 
     def write_chunk(self, population: str, a: int, logits: np.ndarray) -> None:
         b = a + len(logits)
-        save_npy(self.root / "chunks" / population / f"{a:05d}-{b:05d}.npy", logits.astype(np.float32))
+        _save_array(self.root / "chunks" / population / f"{a:05d}-{b:05d}.npy", logits.astype(np.float32))
+
+    def drop_chunks(self, population: str, a: int) -> None:
+        """Remove the chunk files starting at `a` (a partial chunk about to be retrained whole)."""
+        for (start, _), path in self.chunks(population).items():
+            if start == a:
+                _sidecar(path).unlink(missing_ok=True)
+                path.unlink()
 
     def assemble(self, population: str) -> np.ndarray:
         n_test, k = self.shape[population]
@@ -280,9 +494,9 @@ class _Store:
                                    f"models 0..{m - 1} once each; delete them and rerun")
         out = np.empty((m, n_test, k), np.float32)
         for (a, b), path in sorted(chunks.items()):
-            part = self._load(path, (b - a, n_test, k))
+            part = _load_array(path, (b - a, n_test, k), np.float32, _logits_problem)
             out[a:min(b, m)] = part[:m - a]
-        save_npy(self.final_path(population), out)
+        _save_array(self.final_path(population), out)
         return out
 
     def final_path(self, population: str) -> Path:
@@ -294,7 +508,8 @@ class _Store:
         if not self.assembled(population):
             return None
         path = self.final_path(population)
-        arr = self._load(path, (self._models_in(path),) + self.shape[population])
+        arr = _load_array(path, (self._models_in(path),) + self.shape[population], np.float32,
+                         _logits_problem)
         return arr[:self.cfg.models].copy() if len(arr) > self.cfg.models else arr
 
     def assembled(self, population: str) -> bool:
@@ -306,21 +521,14 @@ class _Store:
         try:
             return int(np.load(path, mmap_mode="r", allow_pickle=False).shape[0])
         except (ValueError, OSError, EOFError, IndexError) as exc:
-            raise CorruptFileError(f"{path} is unreadable ({exc}); delete it and rerun") from None
-
-    @staticmethod
-    def _load(path: Path, shape: tuple[int, ...]) -> np.ndarray:
-        try:
-            arr = np.load(path, allow_pickle=False)
-        except (ValueError, OSError, EOFError) as exc:
-            raise CorruptFileError(f"{path} is unreadable ({exc}); delete it and rerun") from None
-        if arr.shape != shape or arr.dtype != np.float32:
-            raise CorruptFileError(f"{path} holds {arr.dtype} {arr.shape}, expected float32 {shape}; "
-                                   "delete it and rerun")
-        return arr
+            raise CorruptFileError(f"{path} is unreadable ({exc}); {_REDO}") from None
 
     def model_path(self, population: str, j: int) -> Path:
         return self.root / "models" / population / f"{j:05d}.safetensors"
+
+    def checkpoint(self, population: str, indices: Sequence[int]) -> _Checkpoint:
+        name = f"{min(indices):05d}-{max(indices) + 1:05d}.safetensors"
+        return _Checkpoint(self.root / "checkpoints" / population / name, indices)
 
 
 class _Bar:
@@ -377,7 +585,8 @@ class _Runner:
         total_images = len(indices) * cfg.epochs * len(y)
         train_models(models, x, y, [s[1] for s in seeds], cfg.epochs, cfg.batch_size, cfg.lr,
                      cfg.strategy, cfg.precision, frozen_body=bodies is not None,
-                     on_step=lambda n: bar.step(n, n * len(indices) / total_images))
+                     on_step=lambda n: bar.step(n, n * len(indices) / total_images),
+                     checkpoint=self.store.checkpoint(population, indices))
         return models
 
     def _finish(self, population: str, indices: list[int], models: list[nn.Module]) -> None:
@@ -392,9 +601,14 @@ class _Runner:
             for j, model in zip(indices, models):
                 save_model(self.store.model_path(population, j), model, spec)
         logits = np.stack([predict_logits(m, d.x_test, self.cfg.device, EVAL_BATCH) for m in models])
+        problem = _logits_problem(logits)
+        if problem:
+            raise LinfiltError(f"training {population} models {indices[0]}..{indices[-1]} diverged: the "
+                               f"chunk {problem}; try a smaller lr (nothing was stored)")
         pos = {j: i for i, j in enumerate(indices)}
         for a, b in _ranges(indices):
             self.store.write_chunk(population, a, logits[pos[a]:pos[a] + b - a])
+        self.store.checkpoint(population, indices).delete()
         if population in self.bars:
             self.bars[population].done(len(self.store.done(population)))
 
@@ -413,6 +627,7 @@ class _Runner:
             todo = [j for j in retrain if j not in self.store.done("seen")]
             if todo:
                 self._finish("seen", todo, [cache[j] for j in todo])
+            self.store.checkpoint("seen", retrain).delete()
         return [cache[j] for j in indices]
 
     def run(self, populations: Sequence[str], chunk_size: int) -> None:
@@ -425,6 +640,10 @@ class _Runner:
                 todo = [j for j in chunk if j not in self.store.done(population)]
                 if not todo:
                     continue
+                if self.store.block is not None and len(todo) < len(chunk):
+                    # a partial chunk (a grown population): retrain it whole, as a fresh run would
+                    self.store.drop_chunks(population, a)
+                    todo = list(chunk)
                 if population == "transfer":
                     bodies = self._seen_models(todo, seen_cache)
                     models = self._train(population, todo, bodies)
@@ -443,6 +662,35 @@ def _load_dataset(name: str) -> Any:
     return load(name)
 
 
+def _check_config(path: Path, config: dict[str, Any]) -> None:
+    """Write the run folder's config, or check the one there against it."""
+    if not path.is_file():
+        write_json(path, config)
+        return
+    try:
+        stored = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise CorruptFileError(f"{path} is unreadable ({exc}); delete it and rerun the same command "
+                               "(it is rewritten; the results beside it are kept)") from None
+    if stored != json.loads(json.dumps(config)):
+        raise CorruptFileError(f"{path} does not match this config (another data set under "
+                               "the same name?); move the folder away and rerun")
+
+
+def _check_test_labels(path: Path, labels: np.ndarray, k: int) -> None:
+    """Write the test labels, or check the stored ones: in range, and those of this data set."""
+    if not path.is_file():
+        _save_array(path, labels)
+        return
+
+    def problem(arr: np.ndarray) -> str | None:
+        if arr.size and (arr.min() < 0 or arr.max() >= k):
+            return f"holds labels outside 0..{k - 1}"
+        return None if np.array_equal(arr, labels) else "holds other labels than this data set's test set"
+
+    _load_array(path, labels.shape, np.int64, problem)
+
+
 def train_populations(cfg: PopulationConfig, populations: Sequence[str] = ("seen",), data: Any = None,
                       out: str | Path = "runs", experiment: str = "populations",
                       chunk_size: int | None = None, save_models: bool = False,
@@ -451,18 +699,17 @@ def train_populations(cfg: PopulationConfig, populations: Sequence[str] = ("seen
     (M, n_test, classes), by population name.
 
     `data` is a `linfilt.data.load` result (loaded from `cfg.dataset` when None). Finished chunks
-    are kept: a rerun after a kill resumes at the first unfinished chunk. `chunk_size` (default 1
-    for the loop strategy, else 100) sets how many models train at once, not what they become
-    (beyond float rounding: the batched kernels may round differently for another chunk size).
+    are kept and the chunk in training is checkpointed after every epoch: a rerun after a kill
+    resumes at the last finished epoch, to the same bits. `chunk_size` (default 1 for the loop
+    strategy, else 100) sets how many models train at once; with a batched strategy it also
+    changes their rounding, so each chunk size keeps its own results (see the module doc).
     """
     unknown = [p for p in populations if p not in POPULATIONS]
     if unknown or not populations:
         raise LinfiltError(f"populations must be among {POPULATIONS}, got {list(populations)}")
     populations = [p for p in POPULATIONS if p in populations]
-    if chunk_size is None:  # the loop trains one model at a time anyway: keep each at once
-        chunk_size = 1 if cfg.strategy == "loop" else 100
-    if chunk_size < 1:
-        raise LinfiltError(f"chunk_size must be positive, not {chunk_size}")
+    chunk_size = check_positive_int(default_chunk_size(cfg) if chunk_size is None else chunk_size,
+                                    "chunk_size")
     check_device(cfg.device)
     if data is None:
         data = _load_dataset(cfg.dataset)
@@ -471,17 +718,10 @@ def train_populations(cfg: PopulationConfig, populations: Sequence[str] = ("seen
     k = len(d.classes)
     shape = {"seen": (len(d.y_test), k), "notseen": (len(d.y_test), len(d.kept)),
              "transfer": (len(d.y_test), len(d.kept))}
-    store = _Store(root, cfg, shape)
-    config = {**cfg.key(), "classes": d.classes, "n_train": len(d.y), "n_test": len(d.y_test)}
-    config_path = root / "config.json"
-    if config_path.is_file():
-        if json.loads(config_path.read_text()) != json.loads(json.dumps(config)):
-            raise CorruptFileError(f"{config_path} does not match this config (another data set under "
-                                   "the same name?); move the folder away and rerun")
-    else:
-        write_json(config_path, config)
-    if not (root / "test_labels.npy").is_file():
-        save_npy(root / "test_labels.npy", d.y_test)
+    store = _Store(results_dir(cfg, out, experiment, chunk_size), cfg, shape, chunk_size)
+    _check_config(root / "config.json",
+                  {**cfg.key(), "classes": d.classes, "n_train": len(d.y), "n_test": len(d.y_test)})
+    _check_test_labels(root / "test_labels.npy", d.y_test, k)
     _Runner(cfg, d, store, save_models, progress).run(populations, chunk_size)
     out_logits = {}
     for population in populations:

@@ -77,22 +77,45 @@ def check_labels(y: torch.Tensor, num_outputs: int) -> None:
         raise LinfiltError(f"labels range over {lo}..{hi} but the model has {num_outputs} outputs")
 
 
+def optimizer_tensors(opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    """The optimiser's state (Adam's moments and step counts) as flat named tensors."""
+    return {f"{i}.{name}": t for i, state in opt.state_dict()["state"].items()
+            for name, t in state.items()}
+
+
+def load_optimizer_tensors(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]) -> None:
+    """Restore what `optimizer_tensors` gave (the hyperparameters stay the optimiser's own)."""
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, t in tensors.items():
+        i, _, name = key.partition(".")
+        state.setdefault(int(i), {})[name] = t
+    opt.load_state_dict({"state": state, "param_groups": opt.state_dict()["param_groups"]})
+
+
 def train_steps(forward: Callable[[torch.Tensor], torch.Tensor], params: Iterable[torch.Tensor],
                 x: torch.Tensor, y: torch.Tensor, seeds: Sequence[int], epochs: int, batch_size: int,
                 lr: float = 1e-3, precision: str = "fp32",
-                on_step: Callable[[int], None] | None = None) -> None:
+                on_step: Callable[[int], None] | None = None, start_epoch: int = 0,
+                opt_state: dict[str, torch.Tensor] | None = None,
+                on_epoch: Callable[[int, torch.optim.Optimizer], None] | None = None) -> None:
     """The paper's training loop for M models at once.
 
     `forward` maps inputs (M, B, ...) to logits (M, B, k); model j sees its own mini-batches, in the
     order `seeds[j]` gives. The loss is the sum over models of each one's mean cross-entropy, so
     each model's gradient is exactly what it would be alone. `on_step(images)` reports progress.
+    To resume, pass the epochs already done and the optimiser's state then (`optimizer_tensors`);
+    `on_epoch(epochs_done, optimizer)` is called after every epoch (for checkpoints).
     """
     if precision not in PRECISIONS:
         raise LinfiltError(f"precision must be one of {PRECISIONS}, not {precision!r}")
     opt = make_optimizer(list(params), lr)
+    if opt_state is not None:
+        load_optimizer_tensors(opt, opt_state)
     n, m = len(y), len(seeds)
     autocast = torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
-    for order in epoch_orders(seeds, epochs, n):
+    for epoch, order in enumerate(epoch_orders(seeds, epochs, n)):
+        if epoch < start_epoch:  # drawn all the same, so the data order continues where it was
+            continue
         order = torch.from_numpy(order).to(x.device)
         for start in range(0, n, batch_size):
             idx = order[:, start:start + batch_size]
@@ -108,6 +131,8 @@ def train_steps(forward: Callable[[torch.Tensor], torch.Tensor], params: Iterabl
             opt.step()
             if on_step is not None:
                 on_step(idx.numel())
+        if on_epoch is not None:
+            on_epoch(epoch + 1, opt)
 
 
 def fit(model: nn.Module, x, y, epochs: int, batch_size: int, lr: float = 1e-3, seed: int = 0,

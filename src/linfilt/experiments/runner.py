@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from linfilt import audit
 from linfilt.atomic import write_json
 from linfilt.data import load
+from linfilt.errors import CorruptFileError
 from linfilt.experiments.spec import Experiment, parse_method
 from linfilt.filtration import filtration_matrix, mean_logits, retained_classes
 from linfilt.population import train_populations
@@ -49,6 +50,15 @@ def attack_from_json(d: dict[str, Any]) -> audit.AttackResult:
                               tuple(d["forget"]), d["fixed_first"], d["interval"], d["level"], d["seed"])
 
 
+def _read_json(path: Path) -> Any:
+    """A JSON file this runner wrote, or CorruptFileError saying how to recompute it."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise CorruptFileError(f"{path} is unreadable ({exc}); delete it and rerun the same command, "
+                               "which recomputes it") from None
+
+
 def result_dir(exp: Experiment, out: str | Path, device: str) -> Path:
     return Path(out) / exp.name / f"{exp.digest()}-{device.split(':')[0]}"
 
@@ -59,7 +69,7 @@ def run_experiment(exp: Experiment, out: str | Path = "runs", device: str = "cpu
     root = result_dir(exp, out, device)
     metrics_path = root / "metrics.json"
     if metrics_path.is_file():
-        return json.loads(metrics_path.read_text())
+        return _read_json(metrics_path)
     write_json(root / "experiment.json", dataclasses.asdict(exp))
 
     data = load(exp.dataset)
@@ -98,7 +108,12 @@ def run_experiment(exp: Experiment, out: str | Path = "runs", device: str = "cpu
     for row, (attack, first, second) in rows.items():
         path = root / "attacks" / f"{row}.json"
         if path.is_file():
-            attacks[row] = attack_from_json(json.loads(path.read_text()))
+            stored = _read_json(path)
+            try:
+                attacks[row] = attack_from_json(stored)
+            except (KeyError, TypeError, ValueError) as exc:
+                raise CorruptFileError(f"{path} is not an attack result ({exc!r}); delete it and rerun "
+                                       "the same command, which recomputes it") from None
             bar.update(exp.repeats * k)
             continue
         attacks[row] = attack(first, second, labels, forget, repeats=exp.repeats, seed=exp.seed,
