@@ -9,7 +9,7 @@ import pytest
 
 import linfilt.population as population
 from linfilt.data import Dataset, load
-from linfilt.errors import CorruptFileError
+from linfilt.errors import CorruptFileError, LinfiltError
 from linfilt.population import PopulationConfig, results_dir, run_dir, train_populations
 
 
@@ -212,3 +212,26 @@ def test_a_damaged_checkpoint_is_named(digits, tmp_path, monkeypatch):
     ckpt.unlink()
     clean = _train(cfg, digits, tmp_path / "clean")
     np.testing.assert_array_equal(_train(cfg, digits, tmp_path), clean)
+
+
+@pytest.mark.parametrize(
+    "overrides, words",
+    [
+        (dict(lr=float("inf")), "lr must be finite"),
+        (dict(lr=0.0), "lr must be >"),
+        (dict(seed=-1), "seed must be >= 0"),
+        (dict(models=0), "models must be a positive integer"),
+        (dict(epochs=1.5), "epochs must be a positive integer"),
+        (dict(arch_kwargs={"p": -5}), "p"),
+    ],
+)
+def test_population_config_refuses_bad_settings(overrides, words):
+    with pytest.raises(LinfiltError, match=words):
+        PopulationConfig.protocol("cifar10", [0], **overrides)
+
+
+@pytest.mark.parametrize("experiment", ["../../x", "a/b", "..", ""])
+def test_experiment_must_be_a_plain_folder_name(tmp_path, experiment):
+    cfg = PopulationConfig.protocol("mnist", [0], models=2, epochs=1)
+    with pytest.raises(LinfiltError, match="plain folder name"):
+        run_dir(cfg, tmp_path, experiment)

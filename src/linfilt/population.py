@@ -53,10 +53,10 @@ from linfilt.atomic import write_bytes, write_json
 from linfilt.ensemble import GroupedEnsemble, VmapEnsemble
 from linfilt.errors import CorruptFileError, LinfiltError
 from linfilt.filtration import check_forget, retained_classes
-from linfilt.models import build, initialize
+from linfilt.models import build, check_arch, initialize
 from linfilt.training import (PRECISIONS, as_tensors, check_device, check_labels, fit,
                               optimizer_tensors, predict_logits, train_steps)
-from linfilt.validation import check_positive_int
+from linfilt.validation import check_class_ids, check_float, check_positive_int, check_seed
 
 __all__ = ["fit", "predict_logits", "PopulationConfig", "PROTOCOL", "POPULATIONS", "STRATEGIES",
            "model_seeds", "init_model", "train_models", "run_dir", "results_dir", "train_populations",
@@ -122,10 +122,13 @@ class PopulationConfig:
         return cls(dataset=dataset, forget=forget, **settings)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "forget", tuple(sorted(int(c) for c in self.forget)))
+        object.__setattr__(self, "forget", check_class_ids(self.forget, "forget"))
+        check_arch(self.arch, 2, self.arch_kwargs)  # refused here, not when the first model is built
         object.__setattr__(self, "arch_kwargs", json.loads(json.dumps(self.arch_kwargs)))
-        if self.models < 1 or self.epochs < 1 or self.batch_size < 1 or not self.lr > 0:
-            raise LinfiltError(f"models, epochs, batch_size and lr must be positive: {self}")
+        for name in ("models", "epochs", "batch_size"):
+            check_positive_int(getattr(self, name), name)
+        check_float(self.lr, "lr", low=0, low_open=True)
+        check_seed(self.seed, "seed")
         if self.strategy not in ("auto",) + STRATEGIES:
             raise LinfiltError(f"strategy must be 'auto' or one of {STRATEGIES}, not {self.strategy!r}")
         if self.precision not in PRECISIONS:
@@ -157,6 +160,9 @@ class PopulationConfig:
 
 
 def run_dir(cfg: PopulationConfig, out: str | Path = "runs", experiment: str = "populations") -> Path:
+    if not isinstance(experiment, str) or experiment in ("", ".", "..") or Path(experiment).name != experiment:
+        raise LinfiltError(f"experiment {experiment!r} must be a plain folder name (no path separators, "
+                           "not '.' or '..'): results stay under out")
     return Path(out) / experiment / cfg.digest()
 
 

@@ -10,7 +10,7 @@ from linfilt.errors import LinfiltError
 from linfilt.filtration import retained_classes
 from linfilt.models import ARCHITECTURES
 from linfilt.outputs import check_output_dir
-from linfilt.population import POPULATIONS, PROTOCOL, STRATEGIES, PopulationConfig, run_dir, \
+from linfilt.population import POPULATIONS, PROTOCOL, STRATEGIES, PopulationConfig, results_dir, run_dir, \
     train_populations
 from linfilt.validation import check_class_ids, check_float, check_optional_positive_int, \
     check_positive_int, check_seed
@@ -96,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
                                progress=not args.quiet)
     root = run_dir(cfg, args.out, args.experiment)
     labels = np.load(root / "test_labels.npy")
-    print(f"{root}  (strategy {cfg.strategy}, {cfg.models} models, {cfg.epochs} epochs, "
+    print(f"{results_dir(cfg, args.out, args.experiment, args.chunk_size)}  (strategy {cfg.strategy}, {cfg.models} models, {cfg.epochs} epochs, "
           f"batch {cfg.batch_size})")
     for name, z in logits.items():
         acc = _accuracy(name, z, labels, cfg.forget)
