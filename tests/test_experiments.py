@@ -4,6 +4,7 @@ import re
 
 import numpy as np
 import pytest
+from conftest import requires_data
 
 from linfilt import apply_filtration, audit, filtration_matrix, mean_logits, report
 from linfilt.errors import LinfiltError
@@ -64,6 +65,7 @@ def test_scaling_validates_and_changes_the_digest():
 
 
 @pytest.mark.slow
+@requires_data("mnist")
 def test_reproduce_mnist_end_to_end_fills_every_cell(tmp_path, monkeypatch):
     # A handful of models, one epoch, few attack samples: the full flow in CI time.
     small = dataclasses.replace(spec.EXPERIMENTS["mnist"], forgotten_samples=30, retained_samples=20)
@@ -106,6 +108,7 @@ def test_reproduce_mnist_end_to_end_fills_every_cell(tmp_path, monkeypatch):
         rep.reproduce(["table1"], tmp_path, models=5, epochs=1, repeats=2, train=False)
 
 
+@requires_data("att_faces")
 def test_reproduce_inversion_figures_stand_beside_the_report(tmp_path):
     report = rep.reproduce(["figure5", "figure1"], tmp_path / "runs", epochs=2, progress=False,
                            report_dir=tmp_path / "report")
