@@ -16,7 +16,7 @@ import statistics
 import tempfile
 import time
 
-from linfilt.data import NAMES, load
+from linfilt.paper.data import NAMES, load
 
 
 def timed(fn) -> float:

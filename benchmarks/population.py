@@ -18,8 +18,8 @@ import time
 
 import torch
 
-from linfilt.models import build
-from linfilt.population import FASTEST, train_models
+from linfilt.paper.models import build
+from linfilt.paper.population import FASTEST, train_models
 
 # name -> (architecture, its settings, input shape, the paper's batch size)
 ARCHS = {

@@ -22,11 +22,11 @@ import torch
 from threadpoolctl import threadpool_limits
 
 import linfilt
-from linfilt.cli.demo import BATCH, EPOCHS, HIDDEN
-from linfilt.data import load, to_float
+from linfilt.paper.cli.demo import BATCH, EPOCHS, HIDDEN
+from linfilt.paper.data import load, to_float
 from linfilt.errors import DataNotFoundError
-from linfilt.models import build
-from linfilt.population import fit
+from linfilt.paper.models import build
+from linfilt.paper.population import fit
 
 FORGET = 3
 

@@ -13,10 +13,10 @@ import pytest
 import torch
 
 from linfilt.cli import main
-from linfilt.experiments.runner import result_dir
-from linfilt.experiments.spec import EXPERIMENTS
+from linfilt.paper.experiments.runner import result_dir
+from linfilt.paper.experiments.spec import EXPERIMENTS
 from linfilt.modelio import ModelSpec, save_model
-from linfilt.models import build
+from linfilt.paper.models import build
 
 UNLEARN = ["unlearn", "model.safetensors", "--forget", "0", "--data", "data.npz", "--out", "new.safetensors"]
 MODEL_FORGET = UNLEARN[:4]  # unlearn, the model, --forget 0

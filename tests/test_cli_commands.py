@@ -5,8 +5,8 @@ import json
 import numpy as np
 
 from linfilt.cli import main
-from linfilt.experiments.runner import result_dir
-from linfilt.experiments.spec import EXPERIMENTS
+from linfilt.paper.experiments.runner import result_dir
+from linfilt.paper.experiments.spec import EXPERIMENTS
 
 SCALE = ["--models", "4", "--epochs", "1", "--repeats", "2"]
 

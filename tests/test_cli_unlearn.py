@@ -7,11 +7,11 @@ import torch
 
 import linfilt.cli.unlearn
 from linfilt.cli import main
-from linfilt.data import load, to_float
+from linfilt.paper.data import load, to_float
 from linfilt.errors import LinfiltError
 from linfilt.filtration import filtration_matrix, mean_logits
 from linfilt.modelio import ModelSpec, load_model, save_model
-from linfilt.models import build
+from linfilt.paper.models import build
 
 NAMES = [f"digit{i}" for i in range(10)]
 

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 
 from linfilt.cli import main
-from linfilt.data import att_split, catalog, load
-from linfilt.data import cache as array_cache
-from linfilt.data.catalog import FileSpec
-from linfilt.data.dataset import Dataset
+from linfilt.paper.data import att_split, catalog, load
+from linfilt.paper.data import cache as array_cache
+from linfilt.paper.data.catalog import FileSpec
+from linfilt.paper.data.dataset import Dataset
 from linfilt.errors import CorruptFileError, LinfiltError
 
 _FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",

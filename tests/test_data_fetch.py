@@ -15,9 +15,9 @@ import pytest
 from conftest import data_root, requires_data
 
 from linfilt.cli import main
-from linfilt.data import catalog, load, locate
-from linfilt.data.catalog import FileSpec, Layout, Source, Spec
-from linfilt.data.download import download, extract, fetch, fetch_source
+from linfilt.paper.data import catalog, load, locate
+from linfilt.paper.data.catalog import FileSpec, Layout, Source, Spec
+from linfilt.paper.data.download import download, extract, fetch, fetch_source
 from linfilt.errors import CorruptFileError, DataNotFoundError, LinfiltError
 
 SHARED = data_root()  # the real data, from $LINFILT_DATA (None without it)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from conftest import data_root, requires_data
 
-from linfilt.data import catalog, cifar, idx, load, loader, pgm, verify
+from linfilt.paper.data import catalog, cifar, idx, load, loader, pgm, verify
 from linfilt.errors import CorruptFileError
 
 SHARED = data_root()  # the real data, from $LINFILT_DATA (None without it)
@@ -279,8 +279,8 @@ def test_verification_is_remembered_until_a_file_changes(mnist_copy, isolated, m
 
 
 def test_cache_entry_without_meta_is_ignored(tmp_path):
-    from linfilt.data import cache as array_cache
-    from linfilt.data.dataset import Dataset
+    from linfilt.paper.data import cache as array_cache
+    from linfilt.paper.data.dataset import Dataset
 
     z = np.zeros((2, 1, 1, 1), np.uint8)
     ds = Dataset("t", z, np.zeros(2, np.int64), z, np.zeros(2, np.int64), ("a",), "here")

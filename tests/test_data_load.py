@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from conftest import data_root, requires_data
 
-from linfilt.data import att_split, load, loader, to_float
+from linfilt.paper.data import att_split, load, loader, to_float
 from linfilt.errors import LinfiltError
 
 SHARED = data_root()  # None without the real data

@@ -6,12 +6,13 @@ import numpy as np
 import pytest
 from conftest import requires_data
 
-from linfilt import apply_filtration, audit, filtration_matrix, mean_logits, report
+from linfilt import apply_filtration, audit, filtration_matrix, mean_logits
+from linfilt.paper import report
 from linfilt.errors import LinfiltError
-from linfilt.experiments import reproduce as rep
-from linfilt.experiments import spec
-from linfilt.experiments.runner import result_dir, unlearn_population
-from linfilt.population import run_dir
+from linfilt.paper.experiments import reproduce as rep
+from linfilt.paper.experiments import spec
+from linfilt.paper.experiments.runner import result_dir, unlearn_population
+from linfilt.paper.population import run_dir
 
 
 def _population(models=5, n_per_class=20, k=4, seed=0):
@@ -149,7 +150,7 @@ def test_a_damaged_stored_result_is_named(tmp_path, monkeypatch):
     from types import SimpleNamespace
 
     from linfilt.errors import CorruptFileError
-    from linfilt.experiments import runner
+    from linfilt.paper.experiments import runner
 
     exp = spec.EXPERIMENTS["mnist"].scaled(models=4, epochs=1, repeats=1)
     root = result_dir(exp, tmp_path, "cpu")

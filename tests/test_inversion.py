@@ -7,8 +7,8 @@ from torch import nn
 from conftest import requires_data
 
 from linfilt.errors import LinfiltError
-from linfilt.experiments import inversion as exp
-from linfilt.inversion import class_probabilities, invert, reinsert_logits
+from linfilt.paper.experiments import inversion as exp
+from linfilt.paper.inversion import class_probabilities, invert, reinsert_logits
 
 SHAPE = (1, 4, 3)  # one tiny grey-scale "image": 12 pixels
 
@@ -247,7 +247,7 @@ def _panel_shape(rows: int, cols: int, h: int, w: int, scale: int = 2) -> tuple[
 
 
 def _faces():
-    from linfilt import data
+    from linfilt.paper import data
 
     ds = data.load("att_faces")
     return data.to_float(ds.x_train), ds.y_train

@@ -12,7 +12,7 @@ import linfilt
 from linfilt.errors import LinfiltError, ModelFormatError
 from linfilt.filtration import filtration_matrix, mean_logits
 from linfilt.modelio import SPEC_KEY, HistoryEntry, ModelSpec, load_model, load_state_dict_file, save_model
-from linfilt.models import build
+from linfilt.paper.models import build
 from linfilt.validation import MAX_CLASS_ID
 
 NAMES = [f"digit{i}" for i in range(10)]

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from linfilt.errors import ModelFormatError
 from linfilt.filtration import METHODS
 from linfilt.modelio import HistoryEntry, ModelSpec, load_model, save_model
-from linfilt.models import ARCHITECTURES, build
+from linfilt.paper.models import ARCHITECTURES, build
 from linfilt.validation import MAX_CLASS_ID
 
 # Small settings of every architecture (each list kept short so a model has few weights).

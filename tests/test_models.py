@@ -5,10 +5,10 @@ import pytest
 import torch
 from torch import nn
 
-from linfilt import models
+from linfilt.paper import models
 from linfilt.errors import LinfiltError
-from linfilt.population import fit, predict_logits
-from linfilt.training import batch_order
+from linfilt.paper.population import fit, predict_logits
+from linfilt.paper.training import batch_order
 
 
 

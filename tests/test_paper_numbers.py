@@ -1,4 +1,4 @@
-"""`linfilt.experiments.paper` is a transcription of the paper's tables: compare every number
+"""`linfilt.paper.experiments.paper` is a transcription of the paper's tables: compare every number
 with the paper's own text, parsed here independently. The paper is $LINFILT_PAPER, else the
 project's shared/paper/linear-filtration.md beside the checkout; without it these tests skip.
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from linfilt.experiments import paper
+from linfilt.paper.experiments import paper
 
 PAPER = Path(os.environ.get("LINFILT_PAPER")
              or Path(__file__).resolve().parents[2] / "shared" / "paper" / "linear-filtration.md")

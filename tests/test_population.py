@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from linfilt.data import Dataset, load, to_float
+from linfilt.paper.data import Dataset, load, to_float
 from linfilt.errors import CorruptFileError, LinfiltError
-from linfilt.population import (PopulationConfig, fit, init_model, model_seeds, predict_logits,
+from linfilt.paper.population import (PopulationConfig, fit, init_model, model_seeds, predict_logits,
                                 run_dir, train_populations)
 
 ALL = ("seen", "notseen", "transfer")
@@ -167,9 +167,9 @@ def test_transfer_freezes_the_seen_models_layers(digits, tmp_path):
 
 _KILL_SCRIPT = textwrap.dedent("""
     import sys, time
-    import linfilt.population as P
-    from linfilt.data import load
-    from linfilt.population import PopulationConfig, train_populations
+    import linfilt.paper.population as P
+    from linfilt.paper.data import load
+    from linfilt.paper.population import PopulationConfig, train_populations
 
     # pause after each stored chunk, so that the kill surely lands between chunks 1 and 4
     store = P._Store.write_chunk
@@ -226,7 +226,7 @@ def test_bad_requests_are_refused(digits, tmp_path):
 
 def test_cli_train_stores_what_the_api_returns(digits, tmp_path, capsys, monkeypatch):
     from linfilt.cli import main
-    import linfilt.population as population
+    import linfilt.paper.population as population
 
     monkeypatch.setattr(population, "_load_dataset", lambda name: digits)
     code = main(["train", "digits", "--models", "2", "--forget", "0,1", "--population", "seen",

@@ -3,8 +3,8 @@ import copy
 import pytest
 import torch
 
-from linfilt import models
-from linfilt.ensemble import GroupedEnsemble, VmapEnsemble
+from linfilt.paper import models
+from linfilt.paper.ensemble import GroupedEnsemble, VmapEnsemble
 
 CASES = [
     ("mlp", 10, {"in_features": 64, "hidden": (8, 5)}, (1, 8, 8)),

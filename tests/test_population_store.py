@@ -7,10 +7,10 @@ import json
 import numpy as np
 import pytest
 
-import linfilt.population as population
-from linfilt.data import Dataset, load
+import linfilt.paper.population as population
+from linfilt.paper.data import Dataset, load
 from linfilt.errors import CorruptFileError, LinfiltError
-from linfilt.population import PopulationConfig, results_dir, run_dir, train_populations
+from linfilt.paper.population import PopulationConfig, results_dir, run_dir, train_populations
 
 
 @pytest.fixture(scope="module")

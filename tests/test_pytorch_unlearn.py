@@ -7,10 +7,10 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import linfilt
 from linfilt import LinfiltError, filtration_matrix
-from linfilt.data import load, to_float
+from linfilt.paper.data import load, to_float
 from linfilt.filtration import METHODS
-from linfilt.models import build
-from linfilt.population import fit
+from linfilt.paper.models import build
+from linfilt.paper.population import fit
 
 FORGET = 3
 

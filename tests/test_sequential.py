@@ -16,10 +16,10 @@ from hypothesis import strategies as st
 
 import linfilt
 from linfilt import LinfiltError, filtration_matrix, retained_classes
-from linfilt.data import load, to_float
+from linfilt.paper.data import load, to_float
 from linfilt.filtration import METHODS
-from linfilt.models import build
-from linfilt.population import fit
+from linfilt.paper.models import build
+from linfilt.paper.population import fit
 
 
 @st.composite

@@ -367,6 +367,19 @@ class Estimate:
         return {"mean": self.mean, "low": self.low, "high": self.high, "fixed": self.fixed,
                 "repeats": self.repeats}
 
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Estimate:
+        """The inverse of `as_dict` (JSON's null interval ends read as NaN)."""
+        nan = float("nan")
+        return cls(float(d["mean"]), nan if d.get("low") is None else float(d["low"]),
+                   nan if d.get("high") is None else float(d["high"]), d.get("fixed"), int(d.get("repeats", 0)))
+
+    def __str__(self) -> str:
+        """For a table: mean [interval], or the mean alone without an interval."""
+        if np.isnan(self.low):
+            return f"{self.mean:.3f}"
+        return f"{self.mean:.3f} [{self.low:.2f}, {self.high:.2f}]"
+
 
 def estimate(
     values: np.ndarray, *, interval: str = "percentile", level: float = 0.95, fixed: bool = False

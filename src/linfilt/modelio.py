@@ -1,8 +1,8 @@
 """The project's model file: one `.safetensors` file whose header metadata holds a JSON spec.
 
-The spec says how to rebuild the module (`arch`, `arch_kwargs` for `linfilt.models.build`),
-which classes its outputs are (original ids and names, in output order) and every filtration
-applied so far. Weights are plain tensors, so loading never runs code from the file; a user's
+The spec says how to rebuild the module (`arch` and `arch_kwargs`, for the builder registered
+under `arch` in `linfilt.plugins`; `linfilt.paper` registers the paper's three), which classes its
+outputs are (original ids and names, in output order) and every filtration applied so far. Weights are plain tensors, so loading never runs code from the file; a user's
 plain PyTorch state dict is read with `torch.load(weights_only=True)` only.
 
 A file is recognised by its structure (an 8-byte little-endian header length, then that many
@@ -36,7 +36,7 @@ from torch import nn
 from linfilt.atomic import write_bytes
 from linfilt.errors import LinfiltError, ModelFormatError
 from linfilt.filtration import METHODS
-from linfilt.models import build, check_arch
+from linfilt import plugins
 from linfilt.pytorch import RECORD_ATTR, FiltrationRecord, UnlearnStep
 from linfilt.validation import (
     check_class_id,
@@ -163,8 +163,7 @@ class ModelSpec:
                 raise ModelFormatError(f"class ids must be ascending in output order, each once (linfilt "
                                        f"only removes outputs, it never reorders them): output {i} is "
                                        f"class {ids[i]}, after class {ids[i - 1]}")
-        with _format_errors():
-            check_arch(self.arch, len(ids), self.arch_kwargs)
+        _build_meta(self.arch, len(ids), self.arch_kwargs)  # validates the architecture's settings
         history = tuple(self.history)
         if not all(isinstance(e, HistoryEntry) for e in history):
             raise ModelFormatError("spec history must hold HistoryEntry records")
@@ -304,10 +303,18 @@ def _check_history(ids: tuple[int, ...], names: tuple[str, ...], history: tuple[
                                "those forgotten); each class needs its own name")
 
 
-def _build(spec: ModelSpec) -> nn.Module:
-    """The spec's module with weightless (meta) tensors: no memory, and the global RNG untouched."""
+def _build_meta(arch: Any, num_classes: int, arch_kwargs: Any) -> nn.Module:
+    """The module with weightless (meta) tensors: no memory, and the global RNG untouched. The
+    builder comes from the architecture registry (`linfilt.plugins`) and validates its settings."""
+    if not isinstance(arch_kwargs, Mapping) or not all(isinstance(k, str) for k in arch_kwargs):
+        raise ModelFormatError(f"the settings of architecture {reprlib.repr(arch)} must be a mapping "
+                               f"of names, got {reprlib.repr(arch_kwargs)}")
     with torch.device("meta"), _format_errors():
-        return build(spec.arch, spec.num_classes, **spec.arch_kwargs)
+        return plugins.architecture(arch)(arch, num_classes, **arch_kwargs)
+
+
+def _build(spec: ModelSpec) -> nn.Module:
+    return _build_meta(spec.arch, spec.num_classes, spec.arch_kwargs)
 
 
 def _non_finite(tensors: Mapping[str, torch.Tensor]) -> str | None:

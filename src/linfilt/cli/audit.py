@@ -20,7 +20,6 @@ from linfilt import audit
 from linfilt.atomic import write_json
 from linfilt.errors import LinfiltError
 from linfilt.outputs import check_output_file
-from linfilt.report import cell
 from linfilt.validation import check_class_ids, check_labels, check_n_jobs, check_positive_int, check_seed
 
 GROUPS = ("forgotten", "retained")
@@ -103,7 +102,7 @@ def _check_populations(populations: dict[str, np.ndarray]) -> None:
 
 
 def _row(name: str, group: str, summary: dict[str, Any], classifiers: tuple[str, ...]) -> str:
-    return f"| {name} | {group} | " + " | ".join(cell(summary[c]) for c in classifiers) + " |"
+    return f"| {name} | {group} | " + " | ".join(str(audit.Estimate.from_dict(summary[c])) for c in classifiers) + " |"
 
 
 def _table(title: str, rows: dict[str, dict[str, Any]], classifiers: tuple[str, ...]) -> list[str]:

@@ -17,11 +17,12 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from linfilt.data import load, to_float
+from linfilt import plugins
 from linfilt.errors import LinfiltError
 from linfilt.filtration import METHODS
 from linfilt.modelio import ModelSpec, load_model, save_model
 from linfilt.outputs import check_output_file
+from linfilt.pytorch import unlearn
 from linfilt.validation import check_labels, check_optional_positive_int, check_seed
 
 CHUNK = 4096  # samples per forward-pass chunk (progress granularity)
@@ -124,7 +125,7 @@ def _images(x: np.ndarray, model: nn.Module) -> np.ndarray:
                 + ("" if channels else f" and C*H*W = {first.in_features}"))
     if x.dtype == np.uint8:
         if x.ndim == 4 and fits(x.shape[3]):
-            return to_float(x)
+            return np.ascontiguousarray(x.transpose(0, 3, 1, 2), dtype=np.float32) / np.float32(255)
         seen = "(N, C, H, W)" if x.ndim == 4 and fits(x.shape[1]) else "not one of these"
         raise LinfiltError(f"--data x is uint8 of shape {x.shape}: layout {seen}; expected {expected}")
     if not np.issubdtype(x.dtype, np.floating):
@@ -145,7 +146,7 @@ def _load_data(args: argparse.Namespace, model: nn.Module) -> tuple[np.ndarray, 
     if args.data is not None:
         x, y = _load_npz(Path(args.data))
     else:
-        ds = load(args.dataset, root=args.root)
+        ds = plugins.dataset(args.dataset)(args.dataset, root=args.root)  # e.g. linfilt.paper's
         x, y = (ds.x_test, ds.y_test) if args.split == "test" else (ds.x_train, ds.y_train)
     x = _images(np.asarray(x), model)
     return x, check_labels(y, "--data y", length=len(x))
@@ -198,8 +199,6 @@ def _device(name: str) -> torch.device:
 
 
 def run(args: argparse.Namespace) -> int:
-    import linfilt
-
     check_seed(args.seed, "--seed")
     check_optional_positive_int(args.per_class, "--per-class")
     if args.method == "randomization" and args.seed is None:
@@ -221,7 +220,7 @@ def run(args: argparse.Namespace) -> int:
         raise LinfiltError("the data has no samples of this model's classes: A needs samples of every class")
     _check_fits(model, x, device)
     before = _logits(model, x, device, "before")
-    new = linfilt.unlearn(model, forget, method=args.method, per_class=args.per_class, rng=args.seed,
+    new = unlearn(model, forget, method=args.method, per_class=args.per_class, rng=args.seed,
                           allow_pinv=args.allow_pinv, logits=before, labels=y)
     after = _logits(new, x, device, "after")
     new_spec = spec.after_unlearn(new)

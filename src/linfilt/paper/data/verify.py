@@ -13,8 +13,8 @@ import warnings
 from pathlib import Path
 
 from linfilt.atomic import write_json
-from linfilt.data.catalog import FileSpec
-from linfilt.data.locate import Location
+from linfilt.paper.data.catalog import FileSpec
+from linfilt.paper.data.locate import Location
 from linfilt.errors import CorruptFileError
 
 _CHUNK = 1 << 20

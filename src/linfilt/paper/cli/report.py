@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import argparse
 
-from linfilt.cli.reproduce import add_scale_arguments
+from linfilt.paper.cli.reproduce import add_scale_arguments
+from linfilt.paper.experiments.reproduce import reproduce
 
 
 def register(sub) -> None:
@@ -13,8 +14,6 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from linfilt.experiments.reproduce import reproduce
-
     report = reproduce(args.artifacts, args.out, models=args.models, epochs=args.epochs,
                        repeats=args.repeats, device=args.device, train=False,
                        report_dir=args.report_dir)

@@ -20,8 +20,8 @@ from typing import Callable
 from tqdm import tqdm
 
 from linfilt.atomic import atomic_path
-from linfilt.data.catalog import FileSpec, Source, Spec
-from linfilt.data.verify import hash_file
+from linfilt.paper.data.catalog import FileSpec, Source, Spec
+from linfilt.paper.data.verify import hash_file
 from linfilt.errors import CorruptFileError
 
 Opener = Callable[..., object]  # like urllib.request.urlopen(request, timeout=...)

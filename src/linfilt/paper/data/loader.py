@@ -7,14 +7,14 @@ from pathlib import Path
 
 import numpy as np
 
-from linfilt.data import cache as array_cache
-from linfilt.data import cifar, idx, pgm
-from linfilt.data.catalog import ATT_CLASSES, MNIST_CLASSES, NAMES, SPECS, Spec
-from linfilt.data.dataset import Dataset
-from linfilt.data.digits import load_digits
-from linfilt.data.download import Opener, download as fetch_spec
-from linfilt.data.locate import Location, cache_root, find, search_dirs, usable_cache
-from linfilt.data.verify import verify
+from linfilt.paper.data import cache as array_cache
+from linfilt.paper.data import cifar, idx, pgm
+from linfilt.paper.data.catalog import ATT_CLASSES, MNIST_CLASSES, NAMES, SPECS, Spec
+from linfilt.paper.data.dataset import Dataset
+from linfilt.paper.data.digits import load_digits
+from linfilt.paper.data.download import Opener, download as fetch_spec
+from linfilt.paper.data.locate import Location, cache_root, find, search_dirs, usable_cache
+from linfilt.paper.data.verify import verify
 from linfilt.errors import CorruptFileError, DataNotFoundError, LinfiltError
 
 _ATT_SHAPE = (112, 92)

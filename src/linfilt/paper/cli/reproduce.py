@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from linfilt.paper.experiments.reproduce import reproduce
+
 
 def add_scale_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("artifacts", nargs="+", metavar="ARTEFACT",
@@ -26,8 +28,6 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from linfilt.experiments.reproduce import reproduce
-
     report = reproduce(args.artifacts, args.out, models=args.models, epochs=args.epochs,
                        repeats=args.repeats, device=args.device, n_jobs=args.jobs,
                        report_dir=args.report_dir)

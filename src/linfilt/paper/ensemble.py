@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
-from linfilt.models import GlobalMaxPool
+from linfilt.paper.models import GlobalMaxPool
 
 # Layers that act per channel (or elementwise) and so work unchanged on M*C stacked channels.
 _PASS_THROUGH = (nn.ReLU, nn.Sigmoid, nn.MaxPool2d)

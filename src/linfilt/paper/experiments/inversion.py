@@ -4,7 +4,7 @@ number for what the eye sees.
 The setup is the authors' (PROTOCOL.md): a sigmoid MLP (1000, 300) trained 150 epochs (batch 32,
 Adam 1e-3) on the 40 images of four AT&T people, downsampled by 2 to 56x46; one filtered model per
 person by naive and by normalizing filtration, A estimated from those training faces; inversion
-from grey (`linfilt.inversion`). Choices of ours:
+from grey (`linfilt.paper.inversion`). Choices of ours:
 
 - people s1..s4 (labels 0..3); the authors' four came from a directory listing;
 - downsampling by stride-2 subsampling (every second row and column), which is what the authors'
@@ -25,12 +25,13 @@ from matplotlib import image as mpimg
 from torch import nn
 from tqdm.auto import tqdm
 
-from linfilt import atomic, data
+from linfilt import atomic
+from linfilt.paper import data
 from linfilt.errors import DataNotFoundError, LinfiltError
-from linfilt.inversion import class_probabilities, invert
+from linfilt.paper.inversion import class_probabilities, invert
 from linfilt.modelio import load_model
-from linfilt.models import build, initialize
-from linfilt.population import PopulationConfig, fit, predict_logits, run_dir, train_population
+from linfilt.paper.models import build, initialize
+from linfilt.paper.population import PopulationConfig, fit, predict_logits, run_dir, train_population
 from linfilt.pytorch import unlearn
 
 PEOPLE = 4

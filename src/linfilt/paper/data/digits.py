@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from linfilt.data.dataset import Dataset, per_class_test_mask
+from linfilt.paper.data.dataset import Dataset, per_class_test_mask
 
 TEST_FRACTION = 0.2
 SEED = 0

@@ -8,11 +8,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from linfilt.data import NAMES
-from linfilt.data import cache as array_cache
-from linfilt.data.loader import check_folder, not_found_error, spec_for
-from linfilt.data.locate import Location, cache_root, find, search_dirs, usable_cache
-from linfilt.data.verify import is_verified, verify
+from linfilt.paper.data import NAMES
+from linfilt.paper.data import cache as array_cache
+from linfilt.paper.data.loader import check_folder, not_found_error, spec_for
+from linfilt.paper.data.locate import Location, cache_root, find, search_dirs, usable_cache
+from linfilt.paper.data.verify import is_verified, verify
 from linfilt.errors import CorruptFileError, LinfiltError
 
 _FILE_BASED = tuple(n for n in NAMES if n != "digits")

@@ -8,9 +8,9 @@ import numpy as np
 
 from linfilt.errors import LinfiltError
 from linfilt.filtration import retained_classes
-from linfilt.models import ARCHITECTURES
+from linfilt.paper.models import ARCHITECTURES
 from linfilt.outputs import check_output_dir
-from linfilt.population import POPULATIONS, PROTOCOL, STRATEGIES, PopulationConfig, results_dir, run_dir, \
+from linfilt.paper.population import POPULATIONS, PROTOCOL, STRATEGIES, PopulationConfig, results_dir, run_dir, \
     train_populations
 from linfilt.validation import check_class_ids, check_float, check_optional_positive_int, \
     check_positive_int, check_seed

@@ -4,8 +4,8 @@
 images (N, H, W, C) and int64 labels; `to_float(x)` converts images for the models (float32
 (N, C, H, W) in [0, 1]); `att_split` gives AT&T faces a seeded held-out split.
 """
-from linfilt.data.catalog import NAMES
-from linfilt.data.dataset import Dataset, att_split, to_float
-from linfilt.data.loader import load
+from linfilt.paper.data.catalog import NAMES
+from linfilt.paper.data.dataset import Dataset, att_split, to_float
+from linfilt.paper.data.loader import load
 
 __all__ = ["NAMES", "Dataset", "att_split", "load", "to_float"]

@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 
 from linfilt.atomic import save_npy, write_json
-from linfilt.data.dataset import Dataset
-from linfilt.data.locate import Location
-from linfilt.data.verify import hash_file
+from linfilt.paper.data.dataset import Dataset
+from linfilt.paper.data.locate import Location
+from linfilt.paper.data.verify import hash_file
 from linfilt.errors import CorruptFileError
 
 FORMAT = 2  # bump when decoding or the entry layout changes, to invalidate old entries

@@ -8,11 +8,13 @@ from typing import Any, Sequence
 
 from linfilt.atomic import write_bytes, write_text
 from linfilt.errors import CorruptFileError, LinfiltError
-from linfilt.experiments.runner import result_dir, run_experiment
-from linfilt.experiments.spec import ARTIFACTS, EXPERIMENTS, Experiment
 from linfilt.outputs import check_output_dir, check_output_file
-from linfilt.population import FASTEST
-from linfilt.training import check_device
+from linfilt.paper.experiments import inversion
+from linfilt.paper.experiments.runner import result_dir, run_experiment
+from linfilt.paper.experiments.spec import ARTIFACTS, EXPERIMENTS, Experiment
+from linfilt.paper.population import FASTEST
+from linfilt.paper.report import figures, render
+from linfilt.paper.training import check_device
 from linfilt.validation import check_n_jobs, check_optional_positive_int
 
 INVERSION_FIGURES = ("figure1", "figure5", "figure6")
@@ -51,8 +53,6 @@ def reproduce(artifacts: Sequence[str], out: str | Path = "runs", *, models: int
 
     Every argument and output path is checked before the first experiment starts. The report and
     its figures are this function's products: they replace earlier ones, but never an input."""
-    from linfilt.report import figures, render
-
     artifacts = resolve(artifacts)
     for flag, value in (("--models", models), ("--epochs", epochs), ("--repeats", repeats)):
         check_optional_positive_int(value, flag)
@@ -117,8 +117,6 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 def _inversion_result(folder: Path, epochs: int, device: str, train: bool, progress: bool
                       ) -> dict[str, Any]:
-    from linfilt.experiments import inversion
-
     metrics_path = folder / "metrics.json"
     if metrics_path.is_file():
         return _read_json(metrics_path)

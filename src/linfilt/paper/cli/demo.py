@@ -10,6 +10,12 @@ import time
 import numpy as np
 import torch
 
+from linfilt.audit import labels_changed, predicted_distribution, retained_accuracy_loss
+from linfilt.filtration import METHODS, retained_classes, select_per_class
+from linfilt.paper.data import load, to_float
+from linfilt.paper.models import build
+from linfilt.paper.population import fit
+from linfilt.pytorch import unlearn
 from linfilt.validation import check_class_ids, check_int, check_optional_positive_int, check_positive_int
 
 EPOCHS, BATCH, HIDDEN = 10, 32, (32,)
@@ -36,13 +42,6 @@ def _logits(model: torch.nn.Module, x: np.ndarray) -> np.ndarray:
 
 
 def run(args: argparse.Namespace) -> int:
-    from linfilt.audit import labels_changed, predicted_distribution, retained_accuracy_loss
-    from linfilt.data import load, to_float
-    from linfilt.filtration import METHODS, retained_classes, select_per_class
-    from linfilt.models import build
-    from linfilt.population import fit
-    from linfilt.pytorch import unlearn
-
     c = check_class_ids(args.forget, "--forget", num_classes=10)[0]
     check_positive_int(args.epochs, "--epochs")
     check_optional_positive_int(args.per_class, "--per-class")

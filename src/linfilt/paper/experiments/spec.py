@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from linfilt.errors import LinfiltError
-from linfilt.population import PROTOCOL, PopulationConfig
+from linfilt.paper.population import PROTOCOL, PopulationConfig
 
 # Bump when a change to the runner changes what an experiment computes.
 RUNNER_VERSION = 2  # 2: the floor is the pooled permutation null

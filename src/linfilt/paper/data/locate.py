@@ -10,7 +10,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from linfilt.data.catalog import Layout, Spec
+from linfilt.paper.data.catalog import Layout, Spec
 from linfilt.errors import LinfiltError
 from linfilt.outputs import check_output_dir
 

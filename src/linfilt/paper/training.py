@@ -63,7 +63,7 @@ def as_tensors(x, y, device: str | torch.device) -> tuple[torch.Tensor, torch.Te
         raise LinfiltError(f"expected x of shape (N, ...) and labels y of shape (N,), got "
                            f"{tuple(x.shape)} and {tuple(y.shape)}")
     if not x.is_floating_point():
-        raise LinfiltError(f"x must be float32 in [0, 1] (use linfilt.data.to_float), got {x.dtype}")
+        raise LinfiltError(f"x must be float32 in [0, 1] (use linfilt.paper.data.to_float), got {x.dtype}")
     if y.is_floating_point() or y.dtype == torch.bool:
         raise LinfiltError(f"labels y must be integers, got {y.dtype}")
     if len(y) == 0:

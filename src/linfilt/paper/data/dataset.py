@@ -59,7 +59,7 @@ def att_split(dataset: Dataset, test_per_person: int = 2, seed: int = 0) -> Data
     this is for users who want held-out faces. Both parts keep the data-set order.
     """
     if not isinstance(dataset, Dataset):
-        raise LinfiltError(f"att_split expects a Dataset (from linfilt.data.load), got {type(dataset).__name__}")
+        raise LinfiltError(f"att_split expects a Dataset (from linfilt.paper.data.load), got {type(dataset).__name__}")
     test_per_person = check_int(test_per_person, "test_per_person")
     seed = check_seed(seed)
     y = np.asarray(dataset.y_train)

@@ -50,11 +50,13 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from linfilt.atomic import write_bytes, write_json
-from linfilt.ensemble import GroupedEnsemble, VmapEnsemble
 from linfilt.errors import CorruptFileError, LinfiltError
 from linfilt.filtration import check_forget, retained_classes
-from linfilt.models import build, check_arch, initialize
-from linfilt.training import (PRECISIONS, as_tensors, check_device, check_labels, fit,
+from linfilt.modelio import ModelSpec, load_model, save_model
+from linfilt.paper.data import load, to_float
+from linfilt.paper.ensemble import GroupedEnsemble, VmapEnsemble
+from linfilt.paper.models import build, check_arch, initialize
+from linfilt.paper.training import (PRECISIONS, as_tensors, check_device, check_labels, fit,
                               optimizer_tensors, predict_logits, train_steps)
 from linfilt.validation import check_class_ids, check_float, check_positive_int, check_seed
 
@@ -415,7 +417,6 @@ class _Data:
     """A data set as float tensors on the training device, with the retained-class subset."""
 
     def __init__(self, dataset: Any, forget: tuple[int, ...], device: str) -> None:
-        from linfilt.data import to_float
 
         self.classes = [str(c) for c in dataset.classes]
         k = len(self.classes)
@@ -597,7 +598,6 @@ class _Runner:
 
     def _finish(self, population: str, indices: list[int], models: list[nn.Module]) -> None:
         """Save the models (if asked), then the logits: a chunk file means the chunk is done."""
-        from linfilt.modelio import ModelSpec, save_model
 
         d = self.data
         ids = range(len(d.classes)) if population == "seen" else d.kept
@@ -620,7 +620,6 @@ class _Runner:
 
     def _seen_models(self, indices: list[int], cache: dict[int, nn.Module]) -> list[nn.Module]:
         """Seen models j: in memory, saved, or retrained from their seeds (and then stored)."""
-        from linfilt.modelio import load_model
 
         missing = [j for j in indices if j not in cache]
         saved = [j for j in missing if self.store.model_path("seen", j).is_file()]
@@ -663,7 +662,6 @@ class _Runner:
 
 
 def _load_dataset(name: str) -> Any:
-    from linfilt.data import load
 
     return load(name)
 
@@ -704,7 +702,7 @@ def train_populations(cfg: PopulationConfig, populations: Sequence[str] = ("seen
     """Train (or resume, or just load) the populations of `cfg`; their test logits, float32
     (M, n_test, classes), by population name.
 
-    `data` is a `linfilt.data.load` result (loaded from `cfg.dataset` when None). Finished chunks
+    `data` is a `linfilt.paper.data.load` result (loaded from `cfg.dataset` when None). Finished chunks
     are kept and the chunk in training is checkpointed after every epoch: a rerun after a kill
     resumes at the last finished epoch, to the same bits. `chunk_size` (default 1 for the loop
     strategy, else 100) sets how many models train at once; with a batched strategy it also

@@ -18,11 +18,11 @@ from tqdm.auto import tqdm
 
 from linfilt import audit
 from linfilt.atomic import write_json
-from linfilt.data import load
+from linfilt.paper.data import load
 from linfilt.errors import CorruptFileError
-from linfilt.experiments.spec import Experiment, parse_method
+from linfilt.paper.experiments.spec import Experiment, parse_method
 from linfilt.filtration import filtration_matrix, mean_logits, retained_classes
-from linfilt.population import train_populations
+from linfilt.paper.population import train_populations
 
 
 def unlearn_population(seen: np.ndarray, labels: np.ndarray, forget: tuple[int, ...], method: str,

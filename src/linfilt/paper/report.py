@@ -1,6 +1,6 @@
 """Markdown tables and PNG figures from experiment metrics, with the paper's numbers beside ours.
 
-Input: the `metrics.json` dicts that `linfilt.experiments.runner.run_experiment` writes, by
+Input: the `metrics.json` dicts that `linfilt.paper.experiments.runner.run_experiment` writes, by
 experiment name. Nothing here trains or audits: `linfilt report` rebuilds reports from cache.
 """
 from __future__ import annotations
@@ -13,8 +13,9 @@ from typing import Any
 import numpy as np
 
 from linfilt.atomic import atomic_path
-from linfilt.experiments import paper
-from linfilt.experiments.spec import ARTIFACTS, Experiment, parse_method
+from linfilt.audit import Estimate
+from linfilt.paper.experiments import paper
+from linfilt.paper.experiments.spec import ARTIFACTS, Experiment, parse_method
 
 CLASSIFIERS = ("NN", "RF", "AB")
 GROUPS = (("forgotten", "unlearned", "UNLEARNED"), ("retained", "remaining", "REMAINING"))
@@ -28,9 +29,7 @@ def _row_name(label: str) -> str:
 
 def cell(est: dict[str, Any]) -> str:
     """An estimate (as JSON) for a table: mean [interval], or the mean alone without an interval."""
-    if est.get("low") is None or np.isnan(est["low"]):
-        return f"{est['mean']:.3f}"
-    return f"{est['mean']:.3f} [{est['low']:.2f}, {est['high']:.2f}]"
+    return str(Estimate.from_dict(est))
 
 
 def scale_line(metrics: dict[str, Any]) -> str:
