@@ -1,3 +1,4 @@
+import json
 import math
 
 import numpy as np
@@ -6,6 +7,9 @@ from scipy import stats
 from sklearn.neighbors import KNeighborsClassifier
 
 from linfilt.audit import (
+    AttackResult,
+    Estimate,
+    Summary,
     attack_advantage,
     difference,
     draw_attack_sets,
@@ -40,7 +44,7 @@ def test_identical_populations_give_advantage_near_zero_inside_interval():
     res = attack_advantage(a, b, LABELS, [0], repeats=8, seed=3, **SMALL)
     summary = res.summary()
     for group in ("forgotten", "retained"):
-        for name, est in summary[group].items():
+        for name, est in getattr(summary, group).items():
             assert abs(est.mean) < 0.15, (group, name, est)
             assert est.low <= 0.0 <= est.high, (group, name, est)
     assert res.advantages.shape == (8, K, 3)
@@ -220,10 +224,58 @@ def test_later_repeats_use_other_splits_and_difference_is_paired():
     diff = difference(ra, rc)
     for name in ra.classifiers:
         expect = ra.forgotten()[:, ra.classifiers.index(name)] - rc.forgotten()[:, ra.classifiers.index(name)]
-        assert diff["forgotten"][name].mean == pytest.approx(expect.mean())
-        assert diff["forgotten"][name].fixed == pytest.approx(expect[0])
+        assert diff.forgotten[name].mean == pytest.approx(expect.mean())
+        assert diff.forgotten[name].fixed == pytest.approx(expect[0])
     with pytest.raises(LinfiltError, match="same seed"):
         difference(ra, attack_advantage(c, b, LABELS, [0], repeats=4, seed=3, **SMALL))
+
+
+def test_results_write_the_stored_json_forms_and_read_them_back():
+    """The forms of the reproduction's attacks/<row>.json and metrics.json, pinned: stored runs
+    must keep reading."""
+    res = AttackResult(np.array([[[0.5, 0.2], [0.1, 0.0]], [[0.3, 0.4], [0.1, 0.2]]]), (0, 1),
+                       ("NN", "RF"), (0,), True, "percentile", 0.95, 7)
+    stored = {"advantages": [[[0.5, 0.2], [0.1, 0.0]], [[0.3, 0.4], [0.1, 0.2]]], "classes": [0, 1],
+              "classifiers": ["NN", "RF"], "forget": [0], "fixed_first": True,
+              "interval": "percentile", "level": 0.95, "seed": 7}
+    assert res.to_json() == stored
+    back = AttackResult.from_json(json.loads(json.dumps(stored)))
+    np.testing.assert_array_equal(back.advantages, res.advantages)
+    assert (back.classes, back.classifiers, back.forget, back.seed) == ((0, 1), ("NN", "RF"), (0,), 7)
+    summary = res.summary()
+    nn0 = {"mean": 0.4, "low": 0.305, "high": 0.495, "fixed": 0.5, "repeats": 2}  # np.percentile by hand
+    as_json = summary.to_json()
+    assert as_json["forgotten"]["NN"] == pytest.approx(nn0)
+    assert as_json["per_class"]["0"]["NN"] == pytest.approx(nn0)
+    assert set(as_json) == {"forgotten", "retained", "per_class"}
+    assert Summary.from_json(json.loads(json.dumps(as_json))) == summary
+    # a group with no attacked class is absent from the JSON and None when read back
+    only_forgotten = AttackResult(res.advantages[:, :1], (0,), res.classifiers, (0,), True, "percentile", 0.95, 7)
+    assert "retained" not in only_forgotten.summary().to_json()
+    assert Summary.from_json(only_forgotten.summary().to_json()).retained is None
+    # one repeat: no interval; the estimate prints its mean alone, as JSON null or NaN alike
+    single = Estimate.from_dict({"mean": 0.25, "low": None, "high": None, "fixed": 0.25, "repeats": 1})
+    low, high = np.percentile([0.2, 0.4], [2.5, 97.5])
+    assert str(single) == "0.250" and str(summary.forgotten["RF"]) == f"0.300 [{low:.2f}, {high:.2f}]"
+    with pytest.raises(LinfiltError, match="not an attack result"):
+        AttackResult.from_json({"advantages": [0.1]})
+    with pytest.raises(LinfiltError, match="not an attack result.*advantages shaped"):
+        AttackResult.from_json({**stored, "classes": [0]})
+
+
+def test_difference_is_a_summary_of_the_paired_differences():
+    rng = np.random.default_rng(9)
+    a, b, c = (population(rng, 12, LABELS, shift=s) for s in (2.0, 0.0, 0.5))
+    kw = dict(repeats=3, seed=2, **SMALL)
+    ra, rc = attack_advantage(a, b, LABELS, [0], **kw), attack_advantage(c, b, LABELS, [0], **kw)
+    diff = difference(ra, rc)
+    assert isinstance(diff, Summary)
+    for i, cls in enumerate(ra.classes):
+        for j, name in enumerate(ra.classifiers):
+            paired = ra.advantages[:, i, j] - rc.advantages[:, i, j]
+            assert diff.per_class[cls][name] == estimate(paired, fixed=True)
+    want = estimate(ra.retained()[:, 2] - rc.retained()[:, 2], fixed=True)  # mean of means, reordered
+    assert diff.retained["AB"].as_dict() == pytest.approx(want.as_dict())
 
 
 def test_estimate_intervals_match_independent_computations():

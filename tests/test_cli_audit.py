@@ -5,7 +5,7 @@ import re
 import numpy as np
 import pytest
 
-from linfilt.audit import attack_advantage, difference, floor_advantage
+from linfilt.audit import AttackResult, Summary, attack_advantage, difference, floor_advantage
 import linfilt.cli.audit
 from linfilt.cli import main
 
@@ -52,10 +52,11 @@ def test_audit_numbers_are_the_library_attack_on_the_same_splits(files, capsys):
     leaky = attack_advantage(arrays["leaky"], arrays["retrained"], LABELS, [0], **kw)
     clean = attack_advantage(arrays["clean"], arrays["retrained"], LABELS, [0], **kw)
     floor = floor_advantage(arrays["retrained"], arrays["retrained2"], LABELS, [0], **kw)
-    np.testing.assert_array_equal(got["advantages_per_repeat"]["leaky"], leaky.advantages)
-    np.testing.assert_array_equal(got["advantages_per_repeat"]["floor"], floor.advantages)
-    expected = difference(clean, leaky)["forgotten"]["NN"].mean
-    assert got["difference"]["clean − leaky"]["forgotten"]["NN"]["mean"] == pytest.approx(expected)
+    # every result in the file is in its own type's JSON form, and reads back as the library's
+    np.testing.assert_array_equal(AttackResult.from_json(got["attacks"]["leaky"]).advantages, leaky.advantages)
+    np.testing.assert_array_equal(AttackResult.from_json(got["attacks"]["floor"]).advantages, floor.advantages)
+    assert Summary.from_json(got["advantage"]["floor"]) == floor.summary()
+    assert Summary.from_json(got["difference"]["clean − leaky"]) == difference(clean, leaky)
     # what the synthetic data was built to show
     assert got["advantage"]["leaky"]["forgotten"]["RF"]["mean"] > 0.8
     assert abs(got["advantage"]["clean"]["forgotten"]["RF"]["mean"]) < 0.3
@@ -74,7 +75,7 @@ def test_retained_samples_is_the_per_class_count(files, capsys):
     expected = attack_advantage(arrays["clean"], arrays["retrained"], LABELS, [0], repeats=3, seed=4,
                                 train_samples=samples, test_samples=samples)
     got = json.loads(out.read_text())
-    np.testing.assert_array_equal(got["advantages_per_repeat"]["clean"], expected.advantages)
+    np.testing.assert_array_equal(got["attacks"]["clean"]["advantages"], expected.advantages)
     assert "15 (forgotten), 7 (retained)" in capsys.readouterr().out
 
 
@@ -178,7 +179,7 @@ def test_force_replaces_an_existing_json(files, capsys):
     assert _audit(paths, "--json", str(out), "--force") == 0
     expected = attack_advantage(arrays["clean"], arrays["retrained"], LABELS, [0], repeats=3, seed=4,
                                 train_samples=SAMPLES, test_samples=SAMPLES)
-    np.testing.assert_array_equal(json.loads(out.read_text())["advantages_per_repeat"]["clean"],
+    np.testing.assert_array_equal(json.loads(out.read_text())["attacks"]["clean"]["advantages"],
                                   expected.advantages)
 
 
@@ -231,4 +232,4 @@ def test_all_zero_populations_give_chance_not_a_crash(files, capsys):
                  "--labels", str(paths["labels"]), "--forget", "0", "--repeats", "1", "--samples", "5",
                  "--json", str(tmp / "out.json")]) == 0
     result = json.loads((tmp / "out.json").read_text())
-    assert np.all(np.asarray(result["advantages_per_repeat"]["z"]) == 0.0)
+    assert np.all(np.asarray(result["attacks"]["z"]["advantages"]) == 0.0)

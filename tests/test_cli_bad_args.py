@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from linfilt.cli import main
+from linfilt.paper.experiments import inversion
 from linfilt.paper.experiments.runner import result_dir
 from linfilt.paper.experiments.spec import EXPERIMENTS
 from linfilt.modelio import ModelSpec, save_model
@@ -25,6 +26,11 @@ AUDIT = ["audit", "--candidate", "naive=pop.npy", "--retrained", "retrained.npy"
 TRAIN = ["train", "digits", "--models", "1", "--epochs", "1", "--quiet", "--out", "runs"]
 SCALE = ["--models", "4", "--epochs", "1", "--repeats", "2"]  # the scale of the broken results below
 UNWRITABLE = "/proc/linfilt-out"  # /proc takes no new files, even from root
+
+
+def inversion_dir(out):
+    """Where a 1-epoch inversion run keeps its results under `out`."""
+    return inversion.result_dir(out, inversion.inversion_config(epochs=1), "cpu")
 
 
 def _row(*argv):
@@ -137,7 +143,7 @@ ROWS = [
     _row("reproduce", "table1", *SCALE, "--report-dir", "afile"),
     _row("reproduce", "table1", *SCALE, "--report-dir", UNWRITABLE),
     _row("reproduce", "table1", *SCALE, "--report-dir", "mdfolder"),
-    _row("reproduce", "figure5", "--epochs", "1", "--report-dir", "runs/inversion/epochs1-cpu"),
+    _row("reproduce", "figure5", "--epochs", "1", "--report-dir", str(inversion_dir("runs"))),
     _row("reproduce", "table1", *SCALE, "--device", "tpu"),
     _row("reproduce", "table1", *SCALE, "--device", "meta"),
     # report
@@ -176,7 +182,7 @@ def workdir(tmp_path, monkeypatch):
         np.savez(f, labels=y)
     # Finished-looking results whose metrics.json files are broken.
     metrics = result_dir(EXPERIMENTS["mnist"].scaled(4, 1, 2), "broken", "cpu") / "metrics.json"
-    inversion = tmp_path / "broken" / "inversion" / "epochs1-cpu" / "metrics.json"
+    inversion = inversion_dir(tmp_path / "broken") / "metrics.json"
     for path in (metrics, inversion):
         path.parent.mkdir(parents=True)
         path.write_text('{"advantage": ')

@@ -1,17 +1,21 @@
 import dataclasses
+import hashlib
 import json
 import re
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from conftest import requires_data
 
 from linfilt import apply_filtration, audit, filtration_matrix, mean_logits
-from linfilt.paper import report
-from linfilt.errors import LinfiltError
+from linfilt.cli import main
+from linfilt.errors import CorruptFileError, LinfiltError
+from linfilt.paper import report, settings
+from linfilt.paper.experiments import inversion
 from linfilt.paper.experiments import reproduce as rep
-from linfilt.paper.experiments import spec
-from linfilt.paper.experiments.runner import result_dir, unlearn_population
+from linfilt.paper.experiments import runner, spec
+from linfilt.paper.experiments.runner import ExperimentResult, result_dir, unlearn_population
 from linfilt.paper.population import run_dir
 
 
@@ -46,12 +50,33 @@ def test_unlearn_population_randomization_is_seeded_and_differs_per_model():
 
 
 def test_resolve_orders_and_rejects():
-    assert rep.resolve(["figure3", "table10", "table2"]) == ["table2", "table10", "figure3"]
-    assert set(rep.resolve(["all"])) == set(spec.ARTIFACTS) | set(rep.INVERSION_FIGURES)
-    # every artefact that comes from experiment metrics has a layout in the report
-    assert set(report.LAYOUTS) == set(spec.ARTIFACTS)
+    assert rep.resolve(["figure3", "table10", "table2", "figure1"]) == ["table2", "table10", "figure1", "figure3"]
+    every = [f"table{n}" for n in range(1, 11)] + ["figure1", "figure3", "figure5", "figure6"]
+    assert rep.resolve(["all"]) == every  # the paper's order; one registry holds every artefact
+    assert [(a.kind, a.number) for a in spec.ARTIFACTS.values()] == [
+        (re.sub(r"\d", "", n), int(re.sub(r"\D", "", n))) for n in every]
+    # the inversion figures need no experiment; every other artefact names known ones
+    assert all(set(a.experiments) <= set(spec.EXPERIMENTS) and bool(a.experiments) != (a.layout == "inversion")
+               for a in spec.ARTIFACTS.values())
     with pytest.raises(LinfiltError, match="unknown artefact 'table11'"):
         rep.resolve(["table11"])
+
+
+def test_experiments_come_from_the_settings_and_round_trip_through_json():
+    for name, values in settings.EXPERIMENTS.items():
+        exp = spec.EXPERIMENTS[name]
+        assert all(getattr(exp, key) == value for key, value in values.items())
+        back = spec.Experiment.from_json(json.loads(json.dumps(exp.to_json())))
+        assert back == exp and isinstance(back.forget, tuple) and isinstance(back.methods, tuple)
+        assert back.digest() == exp.digest()
+    # the digest is of every field but the note, with the runner version: the stored runs' keys
+    exp = spec.EXPERIMENTS["mnist"].scaled(models=20, repeats=3)
+    key = {**dataclasses.asdict(exp), "runner": spec.RUNNER_VERSION}
+    del key["note"]
+    assert exp.digest() == hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    assert exp.digest() == "11f951a797d59fdf"  # the folder of a run made before Experiment.to_json
+    with pytest.raises(LinfiltError, match="not an experiment.*epochz"):
+        spec.Experiment.from_json({**exp.to_json(), "epochz": 3})
 
 
 def test_scaling_validates_and_changes_the_digest():
@@ -91,6 +116,7 @@ def test_reproduce_mnist_end_to_end_fills_every_cell(tmp_path, monkeypatch):
     # The stored attacks are the audit's functions on the stored population logits.
     exp = small.scaled(models=4, epochs=1, repeats=2)
     metrics = json.loads((result_dir(exp, tmp_path, "cpu") / "metrics.json").read_text())
+    assert ExperimentResult.from_json(metrics).to_json() == metrics  # read back, nothing lost
     pops = run_dir(exp.population("cpu"), tmp_path, "mnist")
     seen, notseen = (np.load(pops / "logits" / f"{p}.npy") for p in ("seen", "notseen"))
     notseen2 = np.load(run_dir(exp.population("cpu", seed=exp.seed + 1), tmp_path, "mnist")
@@ -127,8 +153,6 @@ def test_reproduce_inversion_figures_stand_beside_the_report(tmp_path):
 
 
 def test_report_command_refuses_a_scale_never_run(tmp_path, capsys):
-    from linfilt.cli import main
-
     assert main(["report", "table1", "--models", "5", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("linfilt report: error: no finished results for mnist")
@@ -138,20 +162,52 @@ def test_report_command_refuses_a_scale_never_run(tmp_path, capsys):
 
 
 def test_labels_changed_rows_follow_the_method_order_not_the_stored_key_order():
-    methods = ["naive", "normalization@10", "normalization", "zeroing"]
+    methods = ("naive", "normalization@10", "normalization", "zeroing")
     changed = {m: {"all": 0.1, "unlearned": 0.2, "correct": 0.3} for m in sorted(methods[1:])}
-    metrics = {"experiment": {"methods": methods, "transfer": False}, "labels_changed": changed,
-               "accuracy": {m: {"accuracy_mean": 0.5} for m in methods}}
-    rows = [line.split("|")[1].strip() for line in report.labels_changed_table(metrics).splitlines()[2:]]
+    exp = dataclasses.replace(spec.EXPERIMENTS["cifar10-p256"], methods=methods, transfer=False)
+    result = ExperimentResult(exp, "cpu", (), (), {}, {m: {"accuracy_mean": 0.5} for m in methods},
+                              changed, {}, {})
+    rows = [line.split("|")[1].strip() for line in report.labels_changed_table(result).splitlines()[2:]]
     assert rows == ["normalization, s = 10", "normalization", "zeroing"]
 
 
+def test_the_inversion_is_cached_under_a_hash_of_its_whole_config(tmp_path, monkeypatch):
+    base = inversion.inversion_config()
+    assert base == json.loads(json.dumps(settings.INVERSION))
+    folder = inversion.result_dir(tmp_path, base, "cuda:1")
+    assert folder.parent == tmp_path / "inversion" and folder.name.endswith("-cuda")
+    # any setting, not only the epochs, moves the results to another folder
+    monkeypatch.setitem(settings.INVERSION, "step_size", 0.1)
+    assert inversion.result_dir(tmp_path, inversion.inversion_config(), "cuda") != folder
+    assert inversion.result_dir(tmp_path, inversion.inversion_config(epochs=150), "cuda") != folder
+    with pytest.raises(LinfiltError, match="unknown inversion setting"):
+        inversion.inversion_config(epoch=3)
+
+
+def test_the_inversion_section_is_rendered_from_the_stored_numbers(tmp_path):
+    """metrics.json holds numbers only; the report's tables are made from them on every read."""
+    rng = np.random.default_rng(0)
+    sim = {"to_mean_face": {"full": rng.uniform(-1, 1, (4, 4)),
+                            **{m: rng.uniform(-1, 1, (4, 4, 4)) for m in inversion.METHODS}},
+           "to_full_reconstruction": {m: rng.uniform(-1, 1, (4, 4)) for m in inversion.METHODS}}
+    prob = {"full": rng.random(4), **{m: rng.random((4, 4)) for m in inversion.METHODS}}
+    result = inversion.InversionResult(inversion.inversion_config(epochs=7), 1.0, sim, prob)
+    stored = json.loads(json.dumps(result.to_json()))
+    assert "markdown" not in stored
+    for name in ("figure1", "figure5"):
+        (tmp_path / f"{name}.png").write_bytes(b"png " + name.encode())
+    (tmp_path / "report").mkdir()
+    text = report.render_inversion(["figure1", "figure5"], inversion.InversionResult.from_json(stored),
+                                   tmp_path, tmp_path / "report", "cpu")
+    assert text.startswith("## Figures 1, 5, 6: model inversion (AT&T faces, 4 people, inversion MLP)\n\n"
+                           "*7 epochs, on cpu.*")
+    assert inversion.markdown(sim, prob) in text
+    s2 = next(line for line in text.splitlines() if line.startswith("| s2 |"))
+    assert s2.split("|")[3].strip() == f"{sim['to_mean_face']['naive'][1, 1, 1]:.2f}"
+    assert (tmp_path / "report" / "figure5.png").read_bytes() == b"png figure5"
+
+
 def test_a_damaged_stored_result_is_named(tmp_path, monkeypatch):
-    from types import SimpleNamespace
-
-    from linfilt.errors import CorruptFileError
-    from linfilt.paper.experiments import runner
-
     exp = spec.EXPERIMENTS["mnist"].scaled(models=4, epochs=1, repeats=1)
     root = result_dir(exp, tmp_path, "cpu")
     root.mkdir(parents=True)
@@ -168,4 +224,8 @@ def test_a_damaged_stored_result_is_named(tmp_path, monkeypatch):
     (root / "attacks").mkdir()
     (root / "attacks" / "naive.json").write_text('{"advantages": [0.1]}')
     with pytest.raises(CorruptFileError, match="naive.json is not an attack result.*delete it"):
+        runner.run_experiment(exp, tmp_path, progress=False)
+    # a metrics.json that is JSON but not an experiment's metrics
+    (root / "metrics.json").write_text('{"experiment": {}}')
+    with pytest.raises(CorruptFileError, match="metrics.json is not an experiment.*delete it"):
         runner.run_experiment(exp, tmp_path, progress=False)

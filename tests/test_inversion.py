@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -7,6 +9,7 @@ from torch import nn
 from conftest import requires_data
 
 from linfilt.errors import LinfiltError
+from linfilt.paper import data
 from linfilt.paper.experiments import inversion as exp
 from linfilt.paper.inversion import class_probabilities, invert, reinsert_logits
 
@@ -247,8 +250,6 @@ def _panel_shape(rows: int, cols: int, h: int, w: int, scale: int = 2) -> tuple[
 
 
 def _faces():
-    from linfilt.paper import data
-
     ds = data.load("att_faces")
     return data.to_float(ds.x_train), ds.y_train
 
@@ -265,10 +266,12 @@ def test_run_writes_figures_and_consistent_numbers(tmp_path):
     x, y = _faces()
     mean_s3 = x[y == 2, 0, ::2, ::2].mean(0)  # stride-2 subsampled, as documented
     r = np.corrcoef(rec[5 + 1, 3].ravel(), mean_s3.ravel())[0, 1]  # normalization, forgot s2, class s4
-    assert result["pearson_to_mean_face"]["normalization"][1][3][2] == pytest.approx(r, abs=1e-9)
-    import json
-
-    assert json.loads((tmp_path / "metrics.json").read_text())["markdown"] == result["markdown"]
+    assert result.similarities["to_mean_face"]["normalization"][1, 3, 2] == pytest.approx(r, abs=1e-9)
+    stored = json.loads((tmp_path / "metrics.json").read_text())
+    assert "markdown" not in stored and stored["config"]["epochs"] == 3
+    back = exp.InversionResult.from_json(stored)
+    assert exp.markdown(back.similarities, back.target_probability) == exp.markdown(
+        result.similarities, result.target_probability)
 
 
 class _Pooled(nn.Module):
@@ -297,7 +300,9 @@ def test_run_resnet_forgets_four_people_at_once(tmp_path):
     assert filtered.head.out_features == 36
     again = invert(filtered, [1, 6], (1, 112, 92), forgotten=[0, 1, 2, 3])
     np.testing.assert_allclose(rec[2, [1, 6]], again[:, 0], atol=1e-5)
-    rows = [line for line in result["markdown"].splitlines() if line.startswith("| s")]
+    table = exp.resnet_markdown(result.similarities, result.target_probability, exp.RESNET_SHOWN,
+                                exp.RESNET_FORGET)
+    rows = [line for line in table.splitlines() if line.startswith("| s")]
     assert [row.split("|")[2].strip() for row in rows] == ["yes"] * 4 + ["no"] * 4
 
 

@@ -4,10 +4,11 @@ Every function takes logits of a whole population, shaped (models, test_images, 
 test set's ORIGINAL class ids. Output index i of a model with forget set C is the original class
 `retained_classes(k, C)[i]`; a model that forgot nothing has k outputs in class order.
 
-The attack (the paper's weak-unlearning test, PROTOCOL.md "The audit"): for each true class c,
-logit vectors of unlearned models on images of c are labelled 1, those of retrained models 0; the
-attack classifiers train on the vectors of one group of models and are scored on the vectors of
-the other group, so no model ever contributes to both sides. Advantage = 2 (accuracy - 1/2).
+The attack (the paper's weak-unlearning test as the authors' scripts ran it; README, "The audit as
+a library"): for each true class c, logit vectors of unlearned models on images of c are labelled
+1, those of retrained models 0; the attack classifiers train on the vectors of one group of models
+and are scored on the vectors of the other group, so no model ever contributes to both sides.
+Advantage = 2 (accuracy - 1/2).
 
 Repeats re-draw the model split (a random permutation of each population's model indices; repeat
 0 may keep the paper's fixed "first 30% are test models" split) and the images. Their interval
@@ -44,6 +45,7 @@ __all__ = [
     "Estimate",
     "LabelsChanged",
     "PredictedDistribution",
+    "Summary",
     "attack_advantage",
     "check_population",
     "difference",
@@ -53,7 +55,6 @@ __all__ = [
     "labels_changed",
     "predicted_distribution",
     "retained_accuracy_loss",
-    "summary_json",
 ]
 
 
@@ -441,21 +442,74 @@ class AttackResult:
         """(repeats, classifiers): mean advantage over the attacked retained classes (NaN if none)."""
         return self._mean_over(lambda c: c not in self.forget)
 
-    def summary(self) -> dict[str, Any]:
-        """{"forgotten"|"retained": {classifier: Estimate}, "per_class": {class: {classifier: Estimate}}};
-        a group with no attacked class is left out."""
+    def summary(self) -> Summary:
+        """Estimates over repeats: per group (a group with no attacked class is None) and per class."""
 
         def row(values: np.ndarray) -> dict[str, Estimate]:
             return {name: estimate(values[:, j], interval=self.interval, level=self.level,
                                    fixed=self.fixed_first)
                     for j, name in enumerate(self.classifiers)}
 
-        out: dict[str, Any] = {}
-        for group, values in (("forgotten", self.forgotten()), ("retained", self.retained())):
-            if not np.isnan(values).all():
-                out[group] = row(values)
-        out["per_class"] = {c: row(self.advantages[:, i, :]) for i, c in enumerate(self.classes)}
-        return out
+        forgotten, retained = self.forgotten(), self.retained()
+        return Summary(None if np.isnan(forgotten).all() else row(forgotten),
+                       None if np.isnan(retained).all() else row(retained),
+                       {c: row(self.advantages[:, i, :]) for i, c in enumerate(self.classes)})
+
+    def to_json(self) -> dict[str, Any]:
+        """Every field, JSON-ready (the form of the reproduction's `attacks/<row>.json`)."""
+        return {"advantages": self.advantages.tolist(), "classes": list(self.classes),
+                "classifiers": list(self.classifiers), "forget": list(self.forget),
+                "fixed_first": self.fixed_first, "interval": self.interval, "level": self.level,
+                "seed": self.seed}
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> AttackResult:
+        """The inverse of `to_json`; LinfiltError if `d` is not one (a key missing, shapes that
+        disagree)."""
+        try:
+            result = cls(np.asarray(d["advantages"], dtype=np.float64), tuple(int(c) for c in d["classes"]),
+                         tuple(str(c) for c in d["classifiers"]), tuple(int(c) for c in d["forget"]),
+                         bool(d["fixed_first"]), str(d["interval"]), float(d["level"]), int(d["seed"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise LinfiltError(f"not an attack result: {exc!r}") from None
+        if result.advantages.shape[1:] != (len(result.classes), len(result.classifiers)):
+            raise LinfiltError(f"not an attack result: advantages shaped {result.advantages.shape}, "
+                               f"not (repeats, {len(result.classes)} classes, "
+                               f"{len(result.classifiers)} classifiers)")
+        return result
+
+
+@dataclass(frozen=True)
+class Summary:
+    """An attack's (or a paired difference's) estimates per classifier name: over the forgotten
+    classes, over the retained classes (each None when no class of the group was attacked), and
+    per attacked class id."""
+
+    forgotten: Mapping[str, Estimate] | None
+    retained: Mapping[str, Estimate] | None
+    per_class: Mapping[int, Mapping[str, Estimate]]
+
+    def groups(self) -> dict[str, Mapping[str, Estimate]]:
+        """{"forgotten": ..., "retained": ...}, the groups present, in that order."""
+        return {name: row for name, row in (("forgotten", self.forgotten), ("retained", self.retained))
+                if row is not None}
+
+    def to_json(self) -> dict[str, Any]:
+        """Estimates as `Estimate.as_dict`, class ids as strings; absent groups left out."""
+        def row(estimates: Mapping[str, Estimate]) -> dict[str, Any]:
+            return {name: e.as_dict() for name, e in estimates.items()}
+
+        return {**{name: row(r) for name, r in self.groups().items()},
+                "per_class": {str(c): row(r) for c, r in self.per_class.items()}}
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> Summary:
+        """The inverse of `to_json`."""
+        def row(estimates: Mapping[str, Any] | None) -> dict[str, Estimate] | None:
+            return None if estimates is None else {n: Estimate.from_dict(e) for n, e in estimates.items()}
+
+        return cls(row(d.get("forgotten")), row(d.get("retained")),
+                   {int(c): row(r) for c, r in d["per_class"].items()})
 
 
 def _run_attack(
@@ -612,17 +666,7 @@ def floor_advantage(
                         head.classifiers, head.forget, False, head.interval, head.level, entropy)
 
 
-def summary_json(summary: dict[str, Any]) -> dict[str, Any]:
-    """`AttackResult.summary()` or `difference()` as JSON: Estimates as dicts, keys (class ids
-    included) as strings."""
-    if isinstance(summary, Estimate):
-        return summary.as_dict()
-    if isinstance(summary, dict):
-        return {str(key): summary_json(value) for key, value in summary.items()}
-    return summary
-
-
-def difference(first: AttackResult, second: AttackResult) -> dict[str, Any]:
+def difference(first: AttackResult, second: AttackResult) -> Summary:
     """Paired per-repeat difference first - second, summarised like `AttackResult.summary`.
 
     Both must come from the same seed, repeats and classes (hence the same model splits and

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import argparse
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -21,8 +21,6 @@ from linfilt.atomic import write_json
 from linfilt.errors import LinfiltError
 from linfilt.outputs import check_output_file
 from linfilt.validation import check_class_ids, check_labels, check_n_jobs, check_positive_int, check_seed
-
-GROUPS = ("forgotten", "retained")
 
 
 def register(sub) -> None:
@@ -101,15 +99,14 @@ def _check_populations(populations: dict[str, np.ndarray]) -> None:
                            + ", ".join(f"{n} {s}" for n, s in shapes.items()))
 
 
-def _row(name: str, group: str, summary: dict[str, Any], classifiers: tuple[str, ...]) -> str:
-    return f"| {name} | {group} | " + " | ".join(str(audit.Estimate.from_dict(summary[c])) for c in classifiers) + " |"
-
-
-def _table(title: str, rows: dict[str, dict[str, Any]], classifiers: tuple[str, ...]) -> list[str]:
+def _table(title: str, rows: dict[str, dict[str, Mapping[str, audit.Estimate]]],
+           classifiers: tuple[str, ...]) -> list[str]:
+    """rows: name -> {group: {classifier: Estimate}}, one table line per (name, group)."""
     lines = ["", title, "", "| | group | " + " | ".join(classifiers) + " |",
              "|---|---|" + "---|" * len(classifiers)]
-    for name, summary in rows.items():
-        lines += [_row(name, g, summary[g], classifiers) for g in GROUPS if g in summary]
+    for name, groups in rows.items():
+        lines += [f"| {name} | {group} | " + " | ".join(str(row[c]) for c in classifiers) + " |"
+                  for group, row in groups.items()]
     return lines
 
 
@@ -154,31 +151,29 @@ def run(args: argparse.Namespace) -> int:
         attacks["floor"] = audit.floor_advantage(retrained, populations["--retrained2"], labels,
                                                  args.forget, **kw)
     bar.close()
-    summaries = {name: audit.summary_json(res.summary()) for name, res in attacks.items()}
+    summaries = {name: res.summary() for name, res in attacks.items()}
     classifiers = next(iter(attacks.values())).classifiers
     baseline = next(iter(candidates))
-    differences = {f"{name} − {baseline}":
-                   audit.summary_json(audit.difference(attacks[name], attacks[baseline]))
+    differences = {f"{name} − {baseline}": audit.difference(attacks[name], attacks[baseline])
                    for name in candidates if name != baseline}
 
     lines = [f"Attack advantage: mean over {args.repeats} repeats [central 95% of the repeats]; "
              f"images per model per side: {args.samples} (forgotten), {args.retained_samples} "
              f"(retained); forgotten classes {args.forget}."]
     lines += _table("**Advantage** (0: indistinguishable from retrained, 1: always told apart)",
-                    summaries, classifiers)
+                    {name: s.groups() for name, s in summaries.items()}, classifiers)
     if differences:
-        lines += _table(f"**Paired difference to {baseline}** (same splits and images)", differences,
-                        classifiers)
+        lines += _table(f"**Paired difference to {baseline}** (same splits and images)",
+                        {name: s.groups() for name, s in differences.items()}, classifiers)
     if args.per_class:
         for name, summary in summaries.items():
-            per_class = {f"class {c}": {"forgotten" if int(c) in args.forget else "retained": row}
-                         for c, row in summary["per_class"].items()}
+            per_class = {f"class {c}": {"forgotten" if c in args.forget else "retained": row}
+                         for c, row in summary.per_class.items()}
             lines += _table(f"**{name}, per class**", per_class, classifiers)
     print("\n".join(lines))
     if args.json:
-        write_json(args.json, {"advantage": summaries, "difference": differences,
-                               "advantages_per_repeat": {n: r.advantages.tolist() for n, r in attacks.items()},
-                               "classifiers": list(classifiers), "forget": list(args.forget),
-                               "repeats": args.repeats, "samples": args.samples,
-                               "retained_samples": args.retained_samples, "seed": args.seed})
+        write_json(args.json, {"attacks": {n: r.to_json() for n, r in attacks.items()},
+                               "advantage": {n: s.to_json() for n, s in summaries.items()},
+                               "difference": {n: s.to_json() for n, s in differences.items()},
+                               "samples": args.samples, "retained_samples": args.retained_samples})
     return 0

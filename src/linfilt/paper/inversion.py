@@ -2,7 +2,8 @@
 
 Plain gradient descent on the input: from a uniform grey image, step against the gradient of the
 cross-entropy of the target label and clip to [0, 1] after every step, no regulariser (the
-authors' setup, PROTOCOL.md: 50 steps of size 0.3 on the raw gradient).
+authors' setup, as their scripts ran it: 50 steps of size 0.3 on the raw gradient; the defaults
+below are `linfilt.paper.settings.INVERSION`).
 
 A filtered model has no output for the classes it forgot, so a forgotten class could not even be
 named as a target. As the authors did, its logit is re-inserted at its original index as a
@@ -22,10 +23,11 @@ from torch import nn
 
 from linfilt.errors import LinfiltError
 from linfilt.filtration import check_forget, retained_classes
+from linfilt.paper.settings import INVERSION
 
 
 def reinsert_logits(
-    logits: torch.Tensor, forgotten: Sequence[int], value: float = 1.0
+    logits: torch.Tensor, forgotten: Sequence[int], value: float = INVERSION["forgotten_logit"]
 ) -> torch.Tensor:
     """Widen a filtered model's logits (n, k - |C|) back to (n, k).
 
@@ -77,7 +79,7 @@ def class_probabilities(
     model: nn.Module,
     images: np.ndarray | torch.Tensor,
     forgotten: Sequence[int] | None = None,
-    forgotten_logit: float = 1.0,
+    forgotten_logit: float = INVERSION["forgotten_logit"],
     device: str | torch.device | None = None,
 ) -> np.ndarray:
     """Softmax over all k classes, forgotten ones re-inserted as in `invert`: (n, k) float64.
@@ -95,11 +97,11 @@ def invert(
     model: nn.Module,
     targets: Sequence[int],
     shape: Sequence[int],
-    steps: int = 50,
-    step_size: float = 0.3,
-    start: float = 0.5,
+    steps: int = INVERSION["steps"],
+    step_size: float = INVERSION["step_size"],
+    start: float = INVERSION["start"],
     forgotten: Sequence[int] | None = None,
-    forgotten_logit: float = 1.0,
+    forgotten_logit: float = INVERSION["forgotten_logit"],
     device: str | torch.device | None = None,
 ) -> np.ndarray:
     """One reconstruction per target, all in one batch: float32 array (len(targets), *shape).

@@ -17,11 +17,8 @@ import torch
 from torch import nn
 
 from linfilt.errors import LinfiltError
+from linfilt.paper.settings import BN_EPS, BN_MOMENTUM
 from linfilt.validation import MAX_CLASS_ID, check_int, check_positive_int
-
-# Keras BatchNormalization defaults (its momentum 0.99 is the weight of the old running value).
-BN_EPS = 1e-3
-BN_MOMENTUM = 0.01
 
 # Bounds on settings: far beyond this project's images and models, they stop a typo or a tampered
 # model file from asking for terabytes (or millions of layers) before anything is allocated.

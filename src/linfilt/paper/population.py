@@ -56,6 +56,7 @@ from linfilt.modelio import ModelSpec, load_model, save_model
 from linfilt.paper.data import load, to_float
 from linfilt.paper.ensemble import GroupedEnsemble, VmapEnsemble
 from linfilt.paper.models import build, check_arch, initialize
+from linfilt.paper.settings import EVAL_BATCH, FASTEST, LR, MODELS, PROTOCOL
 from linfilt.paper.training import (PRECISIONS, as_tensors, check_device, check_labels, fit,
                               optimizer_tensors, predict_logits, train_steps)
 from linfilt.validation import check_class_ids, check_float, check_positive_int, check_seed
@@ -69,26 +70,6 @@ STRATEGIES = ("loop", "grouped", "vmap")
 # Bump when a change to the engine changes what a config trains: old results then stop matching.
 ENGINE_VERSION = 1
 
-# The authors' setup per data set (PROTOCOL.md): architecture, its settings, epochs, batch size.
-PROTOCOL: dict[str, dict[str, Any]] = {
-    "mnist": {"arch": "mlp", "arch_kwargs": {"in_features": 784, "hidden": [50]}, "epochs": 6,
-              "batch_size": 32},
-    "cifar10": {"arch": "cifar_cnn", "arch_kwargs": {"p": 256}, "epochs": 6, "batch_size": 32},
-    "att_faces": {"arch": "att_resnet", "arch_kwargs": {}, "epochs": 15, "batch_size": 8},
-    # Not in the paper: the smallest real data set, for quick runs.
-    "digits": {"arch": "mlp", "arch_kwargs": {"in_features": 64, "hidden": [32]}, "epochs": 10,
-               "batch_size": 32},
-}
-
-# The fastest strategy per device type and architecture, as measured by benchmarks/population.py
-# (2 CPU cores: the batched MLP beats the loop several times over; batched convolutions do not).
-FASTEST: dict[str, dict[str, str]] = {
-    "cpu": {"mlp": "grouped", "cifar_cnn": "loop", "att_resnet": "loop"},
-    "cuda": {"mlp": "grouped", "cifar_cnn": "grouped", "att_resnet": "grouped"},
-}
-
-# Test images per forward pass when computing logits.
-EVAL_BATCH = 1000
 # Models trained at once by a batched strategy unless told otherwise; results computed with it
 # keep the folder layout they had before the chunk size became part of the key.
 DEFAULT_CHUNK = 100
@@ -102,10 +83,10 @@ class PopulationConfig:
     arch: str
     arch_kwargs: dict[str, Any]
     forget: tuple[int, ...]
-    models: int = 100
+    models: int = MODELS
     epochs: int = 6
     batch_size: int = 32
-    lr: float = 1e-3
+    lr: float = LR
     seed: int = 0
     device: str = "cpu"
     strategy: str = "auto"
@@ -371,7 +352,7 @@ def _saver(checkpoint: _Checkpoint | None, finished: list[nn.Module], unit: int,
 
 
 def train_models(models: list[nn.Module], x: torch.Tensor, y: torch.Tensor, order_seeds: Sequence[int],
-                 epochs: int, batch_size: int, lr: float = 1e-3, strategy: str = "loop",
+                 epochs: int, batch_size: int, lr: float = LR, strategy: str = "loop",
                  precision: str = "fp32", frozen_body: bool = False,
                  on_step=None, checkpoint: _Checkpoint | None = None) -> list[nn.Module]:
     """Train `models` (same architecture, on x's device) in place, model j in the order of

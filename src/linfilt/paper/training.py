@@ -14,9 +14,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from linfilt.errors import LinfiltError
+from linfilt.paper.settings import ADAM_EPS, LR
 
-# Keras' Adam epsilon (PyTorch's default is 1e-8); the authors trained with Keras.
-ADAM_EPS = 1e-7
 PRECISIONS = ("fp32", "bf16")
 
 
@@ -94,7 +93,7 @@ def load_optimizer_tensors(opt: torch.optim.Optimizer, tensors: dict[str, torch.
 
 def train_steps(forward: Callable[[torch.Tensor], torch.Tensor], params: Iterable[torch.Tensor],
                 x: torch.Tensor, y: torch.Tensor, seeds: Sequence[int], epochs: int, batch_size: int,
-                lr: float = 1e-3, precision: str = "fp32",
+                lr: float = LR, precision: str = "fp32",
                 on_step: Callable[[int], None] | None = None, start_epoch: int = 0,
                 opt_state: dict[str, torch.Tensor] | None = None,
                 on_epoch: Callable[[int, torch.optim.Optimizer], None] | None = None) -> None:
@@ -135,7 +134,7 @@ def train_steps(forward: Callable[[torch.Tensor], torch.Tensor], params: Iterabl
             on_epoch(epoch + 1, opt)
 
 
-def fit(model: nn.Module, x, y, epochs: int, batch_size: int, lr: float = 1e-3, seed: int = 0,
+def fit(model: nn.Module, x, y, epochs: int, batch_size: int, lr: float = LR, seed: int = 0,
         device: str = "cpu", progress: bool = False) -> nn.Module:
     """Train `model` in place with Adam + cross-entropy on (x, y); the data order depends on `seed`
     alone. Returns the model, in eval mode, on `device`."""

@@ -15,11 +15,11 @@ from linfilt.filtration import METHODS, retained_classes, select_per_class
 from linfilt.paper.data import load, to_float
 from linfilt.paper.models import build
 from linfilt.paper.population import fit
+from linfilt.paper.settings import DEMO, PROTOCOL
 from linfilt.pytorch import unlearn
 from linfilt.validation import check_class_ids, check_int, check_optional_positive_int, check_positive_int
 
-EPOCHS, BATCH, HIDDEN = 10, 32, (32,)
-REPEATS = 5
+PROTO = PROTOCOL[DEMO["dataset"]]  # the digits protocol: MLP 64-32-10, 10 epochs, batch 32
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -28,8 +28,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="forget one digit from a small MLP on scikit-learn's digits, by each method and by retraining",
         description=__doc__,
     )
-    p.add_argument("--forget", type=int, default=3, help="digit to forget (default: 3)")
-    p.add_argument("--epochs", type=int, default=EPOCHS, help=f"training epochs (default: {EPOCHS})")
+    p.add_argument("--forget", type=int, default=DEMO["forget"], help=f"digit to forget (default: {DEMO['forget']})")
+    p.add_argument("--epochs", type=int, default=PROTO["epochs"],
+                   help=f"training epochs (default: {PROTO['epochs']})")
     p.add_argument("--per-class", type=int, default=None, metavar="S",
                    help="estimate A from the first S training images of each digit (default: all)")
     p.add_argument("--seed", type=int, default=0, help="seed of training and of randomization (default: 0)")
@@ -49,31 +50,32 @@ def run(args: argparse.Namespace) -> int:
     # One thread: this model is far too small to gain from more, and on a busy machine threads that
     # wait for each other make every step several times slower (for training and unlearning alike).
     torch.set_num_threads(1)
-    ds = load("digits")
+    ds = load(DEMO["dataset"])
     x, y, xt, yt = to_float(ds.x_train), ds.y_train, to_float(ds.x_test), ds.y_test
     if args.per_class is not None:  # enough images of every digit, known before the first fit
         select_per_class(y, 10, args.per_class)
     kept = retained_classes(10, [c])
-    arch = dict(in_features=64, hidden=HIDDEN)
-    settings = dict(epochs=args.epochs, batch_size=BATCH, seed=args.seed)
-    print(f"linfilt demo: forget digit {c} from an MLP 64-{'-'.join(map(str, HIDDEN))}-10 trained on "
+    arch = PROTO["arch_kwargs"]
+    settings = dict(epochs=args.epochs, batch_size=PROTO["batch_size"], seed=args.seed)
+    print(f"linfilt demo: forget digit {c} from an MLP "
+          f"{'-'.join(map(str, [arch['in_features'], *arch['hidden']]))}-10 trained on "
           f"scikit-learn's digits ({len(y)} training, {len(yt)} test images; {args.epochs} epochs, "
-          f"batch {BATCH}, seed {args.seed})", flush=True)
+          f"batch {PROTO['batch_size']}, seed {args.seed})", flush=True)
 
     torch.manual_seed(args.seed)
-    model = fit(build("mlp", 10, **arch), x, y, progress=True, **settings)
+    model = fit(build(PROTO["arch"], 10, **arch), x, y, progress=True, **settings)
     # Retraining without the digit, with the same settings; timed after the first fit so that
     # one-time start-up costs (imports, allocator) are not charged to it.
     keep = y != c
     torch.manual_seed(args.seed)
     start = time.perf_counter()
-    retrained = fit(build("mlp", 9, **arch), x[keep], np.searchsorted(kept, y[keep]), progress=True, **settings)
+    retrained = fit(build(PROTO["arch"], 9, **arch), x[keep], np.searchsorted(kept, y[keep]), progress=True, **settings)
     retrain_s = time.perf_counter() - start
 
     rows = {"original": (_logits(model, xt), None), "retrained": (_logits(retrained, xt), retrain_s)}
     for method in METHODS:
         times = []
-        for _ in range(REPEATS):  # unlearning is cheap: the median of a few runs steadies its time
+        for _ in range(DEMO["repeats"]):  # unlearning is cheap: the median of a few runs steadies its time
             start = time.perf_counter()
             new = unlearn(model, [c], (x, y), method=method, per_class=args.per_class, rng=args.seed)
             times.append(time.perf_counter() - start)
@@ -89,7 +91,8 @@ def run(args: argparse.Namespace) -> int:
         full = logits.shape[1] == 10
         acc = retained_accuracy_loss(logits[None], yt, 10, [c]).accuracy[0]
         forgot_acc = float((logits[gone].argmax(1) == c).mean()) if full else 0.0
-        dist = predicted_distribution(logits[None], yt, c, 10, [] if full else [c])
+        # a full model's 10 outputs are read as all 10 classes whatever the forget set says
+        dist = predicted_distribution(logits[None], yt, c, 10, [c])
         top = int(np.argmax(dist.shares[0]))
         goes = f"{dist.classes[top]} ({dist.shares[0][top]:.0%})"
         if name in METHODS and name != "naive":
@@ -112,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
         if i == 0:
             print("  ".join("-" * w for w in widths))
     samples = "all training images" if args.per_class is None else f"the first {args.per_class} per digit"
-    print(f"\nA from {samples}; condition number of A: {cond:.3g}. Unlearning time: median of {REPEATS} runs.\n"
+    print(f"\nA from {samples}; condition number of A: {cond:.3g}. Unlearning time: median of {DEMO['repeats']} runs.\n"
           f"A forgotten digit has no output, so its accuracy is 0; 'images go to' is the class that its test\n"
           "images are now given most often (and the share of them given it).")
     return 0

@@ -4,14 +4,18 @@ from __future__ import annotations
 import argparse
 
 from linfilt.paper.experiments.reproduce import reproduce
+from linfilt.paper.settings import INVERSION, PROTOCOL, REPEATS
+
+_EPOCHS = ", ".join(f"{name} {p['epochs']}" for name, p in PROTOCOL.items() if name != "digits")
 
 
 def add_scale_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("artifacts", nargs="+", metavar="ARTEFACT",
                    help="table1 .. table10, figure1, figure3, figure5, figure6, or all")
     p.add_argument("--models", type=int, help="models per population (paper: 100)")
-    p.add_argument("--epochs", type=int, help="training epochs (paper: PROTOCOL.md's per data set)")
-    p.add_argument("--repeats", type=int, help="attack repeats behind each interval (default 5)")
+    p.add_argument("--epochs", type=int, help=f"training epochs (default: the paper's, {_EPOCHS}; "
+                                              f"inversion MLP {INVERSION['epochs']})")
+    p.add_argument("--repeats", type=int, help=f"attack repeats behind each interval (default {REPEATS})")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument("--out", default="runs", help="results folder (default ./runs)")
     p.add_argument("--report-dir", help="where report.md and its figures go (default: --out)")

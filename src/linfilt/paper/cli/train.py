@@ -12,6 +12,7 @@ from linfilt.paper.models import ARCHITECTURES
 from linfilt.outputs import check_output_dir
 from linfilt.paper.population import POPULATIONS, PROTOCOL, STRATEGIES, PopulationConfig, results_dir, run_dir, \
     train_populations
+from linfilt.paper.settings import LR, MODELS
 from linfilt.validation import check_class_ids, check_float, check_optional_positive_int, \
     check_positive_int, check_seed
 
@@ -34,14 +35,14 @@ def register(subparsers) -> None:
                     "resume at the first unfinished chunk.")
     p.add_argument("dataset", choices=sorted(PROTOCOL))
     p.add_argument("--arch", choices=sorted(ARCHITECTURES), help="default: the paper's for the data set")
-    p.add_argument("--models", type=int, default=100, help="models per population (default 100)")
+    p.add_argument("--models", type=int, default=MODELS, help=f"models per population (default {MODELS})")
     p.add_argument("--forget", type=_forget, default=(0,), help="forgotten class ids, e.g. 0 or 0,1,2,3")
     p.add_argument("--population", nargs="+", choices=POPULATIONS, default=["seen"],
                    help="one or more populations (transfer reuses seen models trained in the same run)")
     p.add_argument("--p", type=int, help="width of the CIFAR-10 CNN's dense layer (64, 256, 1024)")
     p.add_argument("--epochs", type=int, help="default: the paper's")
     p.add_argument("--batch-size", type=int, help="default: the paper's")
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--lr", type=float, default=LR, help=f"Adam's learning rate (default {LR:g})")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     p.add_argument("--strategy", choices=("auto",) + STRATEGIES, default="auto",

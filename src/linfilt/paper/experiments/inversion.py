@@ -1,10 +1,10 @@
 """Figures 1, 5 and 6 of the paper: model inversion before and after unlearning a person, with a
 number for what the eye sees.
 
-The setup is the authors' (PROTOCOL.md): a sigmoid MLP (1000, 300) trained 150 epochs (batch 32,
-Adam 1e-3) on the 40 images of four AT&T people, downsampled by 2 to 56x46; one filtered model per
-person by naive and by normalizing filtration, A estimated from those training faces; inversion
-from grey (`linfilt.paper.inversion`). Choices of ours:
+The setup is the authors' (`linfilt.paper.settings.INVERSION` holds it): a sigmoid MLP (1000, 300)
+trained 150 epochs (batch 32, Adam 1e-3) on the 40 images of four AT&T people, downsampled by 2 to
+56x46; one filtered model per person by naive and by normalizing filtration, A estimated from those
+training faces; inversion from grey (`linfilt.paper.inversion`). Choices of ours:
 
 - people s1..s4 (labels 0..3); the authors' four came from a directory listing;
 - downsampling by stride-2 subsampling (every second row and column), which is what the authors'
@@ -16,8 +16,13 @@ from grey (`linfilt.paper.inversion`). Choices of ours:
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,43 +37,94 @@ from linfilt.paper.inversion import class_probabilities, invert
 from linfilt.modelio import load_model
 from linfilt.paper.models import build, initialize
 from linfilt.paper.population import PopulationConfig, fit, predict_logits, run_dir, train_population
+from linfilt.paper.settings import INVERSION, INVERSION_RESNET
 from linfilt.pytorch import unlearn
 
-PEOPLE = 4
-METHODS = ("naive", "normalization")
+PEOPLE = INVERSION["people"]
+METHODS = ("naive", "normalization")  # the columns of the figures and tables
 # Table 3 unlearns s1..s4 together from the 40-person ResNet; s5..s8 are shown as retained people.
-RESNET_FORGET = (0, 1, 2, 3)
-RESNET_SHOWN = tuple(range(8))
-SETTINGS = dict(hidden=(1000, 300), activation="sigmoid", batch_size=32, lr=1e-3,
-                steps=50, step_size=0.3, start=0.5, forgotten_logit=1.0)
+RESNET_FORGET = INVERSION_RESNET["forget"]
+RESNET_SHOWN = INVERSION_RESNET["shown"]
+# Bump when a change here changes what a config computes: stored results then stop matching.
+VERSION = 1
+_INVERT = ("steps", "step_size", "start", "forgotten_logit")  # the keywords of `invert`
 
 
-def load_faces(people: int = PEOPLE, root: str | os.PathLike | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """The first `people` AT&T people (s1.., labels 0..people-1): float32 (N, 1, 56, 46), int64 labels."""
+def inversion_config(**overrides: Any) -> dict[str, Any]:
+    """Everything that changes the inversion's numbers: `settings.INVERSION` with `overrides`
+    (None keeps the setting), JSON-ready."""
+    unknown = sorted(set(overrides) - set(INVERSION))
+    if unknown:
+        raise LinfiltError(f"unknown inversion setting(s) {unknown}; known: {sorted(INVERSION)}")
+    config = {**INVERSION, **{k: v for k, v in overrides.items() if v is not None}}
+    return json.loads(json.dumps(config))
+
+
+def result_dir(out: str | os.PathLike, config: Mapping[str, Any], device: str) -> Path:
+    """`<out>/inversion/<hash of the config>-<device type>`, as experiments are kept."""
+    key = json.dumps({**config, "version": VERSION}, sort_keys=True)
+    return Path(out) / "inversion" / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}-{device.split(':')[0]}"
+
+
+@dataclass(frozen=True)
+class InversionResult:
+    """The numbers of one inversion run: Pearson correlations (`similarities`, see that function),
+    the probability each reconstruction gets for its own class (see `reconstruct`), the model's
+    training accuracy, and the config they were made with."""
+
+    config: Mapping[str, Any]
+    train_accuracy: float
+    similarities: Mapping[str, Mapping[str, np.ndarray]]
+    target_probability: Mapping[str, np.ndarray]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"config": self.config, "train_accuracy": self.train_accuracy,
+                **{f"pearson_{key}": {m: v.tolist() for m, v in self.similarities[key].items()}
+                   for key in ("to_mean_face", "to_full_reconstruction")},
+                "target_probability": {m: v.tolist() for m, v in self.target_probability.items()}}
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> InversionResult:
+        """The inverse of `to_json`; LinfiltError if `d` is not one."""
+        try:
+            sim = {key: {m: np.asarray(v, dtype=np.float64) for m, v in d[f"pearson_{key}"].items()}
+                   for key in ("to_mean_face", "to_full_reconstruction")}
+            return cls(d["config"], float(d["train_accuracy"]), sim,
+                       {m: np.asarray(v, dtype=np.float64) for m, v in d["target_probability"].items()})
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise LinfiltError(f"not an inversion result: {exc!r}") from None
+
+
+def load_faces(people: int = PEOPLE, root: str | os.PathLike | None = None,
+               downsample: int = INVERSION["downsample"]) -> tuple[np.ndarray, np.ndarray]:
+    """The first `people` AT&T people (s1.., labels 0..people-1): float32 (N, 1, 112 / downsample,
+    92 / downsample), int64 labels."""
     ds = data.load("att_faces", root=root)
     keep = ds.y_train < people
-    x = data.to_float(ds.x_train[keep])[:, :, ::2, ::2]  # stride-2 subsampling, as the authors
+    # subsampling (every `downsample`-th row and column), as the authors' notebook did
+    x = data.to_float(ds.x_train[keep])[:, :, ::downsample, ::downsample]
     return np.ascontiguousarray(x), ds.y_train[keep].astype(np.int64)
 
 
-def train_model(x: np.ndarray, y: np.ndarray, epochs: int, seed: int, device: str,
+def train_model(x: np.ndarray, y: np.ndarray, config: Mapping[str, Any], device: str,
                 progress: bool) -> nn.Module:
-    """The inversion MLP, initialised from `seed` alone and trained on (x, y)."""
+    """The inversion MLP, initialised from config["seed"] alone and trained on (x, y)."""
     model = build("mlp", int(y.max()) + 1, in_features=int(np.prod(x.shape[1:])),
-                  hidden=SETTINGS["hidden"], activation=SETTINGS["activation"])
-    initialize(model, generator=torch.Generator().manual_seed(seed))
-    return fit(model, x, y, epochs, SETTINGS["batch_size"], lr=SETTINGS["lr"], seed=seed,
-               device=device, progress=progress)
+                  hidden=config["hidden"], activation=config["activation"])
+    initialize(model, generator=torch.Generator().manual_seed(config["seed"]))
+    return fit(model, x, y, config["epochs"], config["batch_size"], lr=config["lr"],
+               seed=config["seed"], device=device, progress=progress)
 
 
-def reconstruct(model: nn.Module, x: np.ndarray, y: np.ndarray,
-                progress: bool = False) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """Reconstructions of every class and the probability each gets for its target class.
+def reconstruct(model: nn.Module, x: np.ndarray, y: np.ndarray, progress: bool = False,
+                config: Mapping[str, Any] = INVERSION) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Reconstructions of every class and the probability each gets for its target class, with
+    the inversion settings of `config`.
 
     "full": (k, H, W) by the trained model; per method (k forgotten, k targets, H, W): every class
     after filtering out the first index. Probabilities: (k,) and (k, k) alike."""
     k, shape = int(y.max()) + 1, x.shape[1:]
-    kw = {key: SETTINGS[key] for key in ("steps", "step_size", "start", "forgotten_logit")}
+    kw = {key: config[key] for key in _INVERT}
     full = invert(model, range(k), shape, **kw)
     recon = {"full": full[:, 0]}
     prob = {"full": class_probabilities(model, full)[np.arange(k), np.arange(k)]}
@@ -78,7 +134,7 @@ def reconstruct(model: nn.Module, x: np.ndarray, y: np.ndarray,
         for i in range(k):
             filtered = unlearn(model, [i], (x, y), method=method)
             images = invert(filtered, range(k), shape, forgotten=[i], **kw)
-            p = class_probabilities(filtered, images, [i], SETTINGS["forgotten_logit"])
+            p = class_probabilities(filtered, images, [i], kw["forgotten_logit"])
             rows.append(images[:, 0])
             probs.append(p[np.arange(k), np.arange(k)])
             bar.update()
@@ -213,38 +269,32 @@ def save_png(path: str | os.PathLike, grid: np.ndarray, scale: int = 2) -> None:
         mpimg.imsave(tmp, np.repeat(big[..., None], 3, axis=2), format="png")
 
 
-def run(out_dir: str | os.PathLike, *, epochs: int = 150, device: str = "cpu", seed: int = 0,
-        progress: bool = True, person: int = 0, root: str | os.PathLike | None = None) -> dict:
+def run(out_dir: str | os.PathLike, *, epochs: int | None = None, device: str = "cpu",
+        seed: int | None = None, progress: bool = True, person: int | None = None,
+        root: str | os.PathLike | None = None) -> InversionResult:
     """Train, unlearn each person, invert, write figure{1,5,6}.png, reconstructions.npy and
-    metrics.json under `out_dir`; return the metrics with the tables as `markdown`.
+    metrics.json under `out_dir`; return the numbers. `epochs`, `seed` and `person` (Figure 1's)
+    override `settings.INVERSION` (None keeps it).
 
     reconstructions.npy is float32 (9, 4, 56, 46), [condition, class]: condition 0 the full model,
-    1 + i naive and 5 + i normalizing filtration with person i forgotten. `person` picks Figure 1's.
+    1 + i naive and 5 + i normalizing filtration with person i forgotten.
     """
-    if not 0 <= person < PEOPLE:
-        raise LinfiltError(f"person must be 0..{PEOPLE - 1} (s1..s{PEOPLE}), got {person}")
+    config = inversion_config(epochs=epochs, seed=seed, person=person)
+    person = config["person"]
+    if not 0 <= person < config["people"]:
+        raise LinfiltError(f"person must be 0..{config['people'] - 1} (s1..s{config['people']}), got {person}")
     out_dir = Path(out_dir)
-    x, y = load_faces(root=root)
-    model = train_model(x, y, epochs, seed, device, progress)
-    recon, prob = reconstruct(model, x, y, progress=progress)
-    sim = similarities(recon, x, y)
-    examples = np.stack([x[y == p, 0][0] for p in range(PEOPLE)])
+    x, y = load_faces(config["people"], root, config["downsample"])
+    model = train_model(x, y, config, device, progress)
+    recon, prob = reconstruct(model, x, y, progress=progress, config=config)
+    examples = np.stack([x[y == p, 0][0] for p in range(config["people"])])
     for name, grid in figures(recon, examples, person).items():
         save_png(out_dir / f"{name}.png", grid)
     atomic.save_npy(out_dir / "reconstructions.npy",
                     np.concatenate([recon["full"][None], recon["naive"], recon["normalization"]]))
-    result = {
-        "config": {"people": [f"s{p + 1}" for p in range(PEOPLE)], "epochs": epochs, "seed": seed,
-                   "downsample": "stride-2 subsampling", "image_shape": list(x.shape[1:]),
-                   "figure1_person": f"s{person + 1}", **{k: (list(v) if isinstance(v, tuple) else v)
-                                                            for k, v in SETTINGS.items()}},
-        "train_accuracy": float((predict_logits(model, x, device).argmax(1) == y).mean()),
-        "pearson_to_mean_face": {k: v.tolist() for k, v in sim["to_mean_face"].items()},
-        "pearson_to_full_reconstruction": {k: v.tolist() for k, v in sim["to_full_reconstruction"].items()},
-        "target_probability": {k: v.tolist() for k, v in prob.items()},
-        "markdown": markdown(sim, prob),
-    }
-    atomic.write_json(out_dir / "metrics.json", result)
+    result = InversionResult(config, float((predict_logits(model, x, device).argmax(1) == y).mean()),
+                             similarities(recon, x, y), prob)
+    atomic.write_json(out_dir / "metrics.json", result.to_json())
     return result
 
 
@@ -304,7 +354,7 @@ def run_resnet(out_dir: str | os.PathLike, source: nn.Module | str | os.PathLike
     s1..s4 unlearned together by naive and by normalizing filtration (A from all 400 faces, the
     full model's test set), s1..s8 reconstructed at 112x92. Writes resnet.png (rows: a training
     image, full model, naive, normalization; columns s1..s8), resnet_reconstructions.npy and
-    resnet_metrics.json; returns the metrics with the table as `markdown`."""
+    resnet_metrics.json; returns the numbers (`resnet_markdown` renders them)."""
     out_dir = Path(out_dir)
     ds = data.load("att_faces", root=root)
     x, y = data.to_float(ds.x_train), ds.y_train.astype(np.int64)
@@ -313,7 +363,7 @@ def run_resnet(out_dir: str | os.PathLike, source: nn.Module | str | os.PathLike
     outputs = predict_logits(model, x[:1], device).shape[1]
     if outputs != k:
         raise LinfiltError(f"the model has {outputs} outputs; the AT&T ResNet needs one per person ({k})")
-    kw = {key: SETTINGS[key] for key in ("steps", "step_size", "start", "forgotten_logit")}
+    kw = {key: INVERSION[key] for key in _INVERT}
     shown = list(RESNET_SHOWN)
     images = invert(model, shown, x.shape[1:], **kw)
     recon = {"full": images[:, 0]}
@@ -333,17 +383,11 @@ def run_resnet(out_dir: str | os.PathLike, source: nn.Module | str | os.PathLike
                                                          recon["normalization"]])))
     atomic.save_npy(out_dir / "resnet_reconstructions.npy",
                     np.stack([recon["full"], recon["naive"], recon["normalization"]]))
-    result = {
-        "config": {"model_index": model_index, "seed": seed, "forgotten": [f"s{p + 1}" for p in RESNET_FORGET],
-                   "shown": [f"s{p + 1}" for p in shown],
-                   "source": ("module" if isinstance(source, nn.Module) else str(source)
-                              if source is not None else "trained here by the population engine"),
-                   **{key: SETTINGS[key] for key in kw}},
-        "train_accuracy": float((predict_logits(model, x, device).argmax(1) == y).mean()),
-        "pearson_to_mean_face": {m: v.tolist() for m, v in sim["to_mean_face"].items()},
-        "pearson_to_full_reconstruction": {m: v.tolist() for m, v in sim["to_full_reconstruction"].items()},
-        "target_probability": {m: v.tolist() for m, v in prob.items()},
-        "markdown": resnet_markdown(sim, prob, tuple(shown), RESNET_FORGET),
-    }
-    atomic.write_json(out_dir / "resnet_metrics.json", result)
+    result = InversionResult(
+        {"model_index": model_index, "seed": seed, "forgotten": [f"s{p + 1}" for p in RESNET_FORGET],
+         "shown": [f"s{p + 1}" for p in shown],
+         "source": ("module" if isinstance(source, nn.Module) else str(source)
+                    if source is not None else "trained here by the population engine"), **kw},
+        float((predict_logits(model, x, device).argmax(1) == y).mean()), sim, prob)
+    atomic.write_json(out_dir / "resnet_metrics.json", result.to_json())
     return result

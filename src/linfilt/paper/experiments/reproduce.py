@@ -4,43 +4,37 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
-from linfilt.atomic import write_bytes, write_text
+from linfilt.atomic import write_text
 from linfilt.errors import CorruptFileError, LinfiltError
 from linfilt.outputs import check_output_dir, check_output_file
 from linfilt.paper.experiments import inversion
-from linfilt.paper.experiments.runner import result_dir, run_experiment
+from linfilt.paper.experiments.runner import ExperimentResult, read_result, result_dir, run_experiment
 from linfilt.paper.experiments.spec import ARTIFACTS, EXPERIMENTS, Experiment
-from linfilt.paper.population import FASTEST
-from linfilt.paper.report import figures, render
+from linfilt.paper.report import figures, render, render_inversion
+from linfilt.paper.settings import FASTEST
 from linfilt.paper.training import check_device
 from linfilt.validation import check_n_jobs, check_optional_positive_int
 
-INVERSION_FIGURES = ("figure1", "figure5", "figure6")
-INVERSION_EPOCHS = 150  # the inversion MLP's training epochs unless --epochs says otherwise
-ALL = tuple(ARTIFACTS) + INVERSION_FIGURES
-
 
 def resolve(names: Sequence[str]) -> list[str]:
-    """Artefact names in paper order; "all" expands; "table1".."figure6" accepted."""
+    """Artefact names in paper order (tables, then figures); "all" expands; "table1".."figure6"."""
     chosen = set()
     for name in names:
         name = name.lower().replace(" ", "")
         if name == "all":
-            chosen.update(ALL)
-        elif name in ALL:
+            chosen.update(ARTIFACTS)
+        elif name in ARTIFACTS:
             chosen.add(name)
         else:
-            raise LinfiltError(f"unknown artefact {name!r}; choose from all, {', '.join(ALL)}")
-    order = {a: i for i, a in enumerate(sorted(ALL, key=lambda a: (a.startswith("figure"),
-                                                                   int(a.strip("tablefigure")))))}
-    return sorted(chosen, key=order.__getitem__)
+            raise LinfiltError(f"unknown artefact {name!r}; choose from all, {', '.join(ARTIFACTS)}")
+    return [a for a in ARTIFACTS if a in chosen]
 
 
 def experiments_for(artifacts: Sequence[str], models: int | None, epochs: int | None,
                     repeats: int | None) -> dict[str, Experiment]:
-    names = [n for a in artifacts if a in ARTIFACTS for n in ARTIFACTS[a][0]]
+    names = [n for a in artifacts for n in ARTIFACTS[a].experiments]
     return {n: EXPERIMENTS[n].scaled(models, epochs, repeats) for n in dict.fromkeys(names)}
 
 
@@ -64,27 +58,27 @@ def reproduce(artifacts: Sequence[str], out: str | Path = "runs", *, models: int
     flag = "--out" if report_dir is None else "--report-dir"
     report_dir = check_output_dir(out if report_dir is None else report_dir, flag=flag)
     experiments = experiments_for(artifacts, models, epochs, repeats)
-    inversion = [a for a in artifacts if a in INVERSION_FIGURES]
-    inversion_epochs = INVERSION_EPOCHS if epochs is None else epochs
-    folder = out / "inversion" / f"epochs{inversion_epochs}-{device.split(':')[0]}"
-    sources = [folder / f"{f}.png" for f in inversion]
-    written = [report_dir / "report.md", *(report_dir / src.name for src in sources),
-               *(png for a in artifacts if a in ARTIFACTS for png in figures(a, report_dir))]
+    inverted = [a for a in artifacts if ARTIFACTS[a].layout == "inversion"]
+    inversion_config = inversion.inversion_config(epochs=epochs)
+    folder = inversion.result_dir(out, inversion_config, device)
+    sources = [folder / f"{a}.png" for a in inverted]
+    written = [report_dir / "report.md", *(png for a in artifacts for png in figures(a, report_dir))]
     for path in written:
         check_output_file(path, flag=flag, inputs=sources, force=True)
 
-    metrics: dict[str, dict[str, Any]] = {}
+    results: dict[str, ExperimentResult] = {}
     for name, exp in experiments.items():
         path = result_dir(exp, out, device) / "metrics.json"
         if train:
-            metrics[name] = run_experiment(exp, out, device, n_jobs=n_jobs, progress=progress)
+            results[name] = run_experiment(exp, out, device, n_jobs=n_jobs, progress=progress)
         elif path.is_file():
-            metrics[name] = _read_json(path)
+            results[name] = read_result(path)
         else:
             raise LinfiltError(f"no finished results for {name} at this scale ({path} is missing); "
                                "run `linfilt reproduce` with the same --models/--epochs/--repeats first")
     # Every input is at hand before the first output is written: a missing one leaves no half report.
-    inverted = _inversion_result(folder, inversion_epochs, device, train, progress) if inversion else None
+    inversion_result = (_inversion_result(folder, inversion_config, device, train, progress)
+                        if inverted else None)
     sections = ["# linfilt: the paper's results, reproduced", "",
                 "Advantage cells: mean over attack repeats [95% percentile interval over repeats; "
                 "random model splits and image samples, the first repeat is the paper's fixed split]. "
@@ -93,9 +87,9 @@ def reproduce(artifacts: Sequence[str], out: str | Path = "runs", *, models: int
                 "deals them into two random groups and attacks one against the other. Its expectation "
                 "is exactly 0; its interval shows how far an advantage moves where there is nothing "
                 "to find, including which models happen to form a population.", ""]
-    sections += [render(a, metrics, report_dir) for a in artifacts if a in ARTIFACTS]
-    if inverted is not None:
-        sections.append(_inversion_section(inversion, inverted, folder, report_dir, inversion_epochs, device))
+    sections += [render(a, results, report_dir) for a in artifacts if ARTIFACTS[a].experiments]
+    if inversion_result is not None:
+        sections.append(render_inversion(inverted, inversion_result, folder, report_dir, device))
     report = report_dir / "report.md"
     write_text(report, "\n".join(sections) + "\n")
     return report
@@ -107,29 +101,15 @@ def _check_device(device: str) -> None:
         raise LinfiltError(f"--device {device!r}: experiments run on cpu or cuda[:N]")
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CorruptFileError(f"{path} is unreadable ({exc}); delete it and rerun `linfilt reproduce` "
-                               "to recompute it") from None
-
-
-def _inversion_result(folder: Path, epochs: int, device: str, train: bool, progress: bool
-                      ) -> dict[str, Any]:
+def _inversion_result(folder: Path, config: dict, device: str, train: bool,
+                      progress: bool) -> inversion.InversionResult:
     metrics_path = folder / "metrics.json"
     if metrics_path.is_file():
-        return _read_json(metrics_path)
+        try:
+            return inversion.InversionResult.from_json(json.loads(metrics_path.read_text()))
+        except (OSError, ValueError, LinfiltError) as exc:
+            raise CorruptFileError(f"{metrics_path} is unreadable ({exc}); delete it and rerun "
+                                   "`linfilt reproduce` to recompute it") from None
     if train:
-        return inversion.run(folder, epochs=epochs, device=device, progress=progress)
+        return inversion.run(folder, epochs=config["epochs"], device=device, progress=progress)
     raise LinfiltError(f"no inversion results at {metrics_path}; run `linfilt reproduce figure5` first")
-
-
-def _inversion_section(names: list[str], result: dict[str, Any], folder: Path, report_dir: Path,
-                       epochs: int, device: str) -> str:
-    lines = ["## Figures 1, 5, 6: model inversion (AT&T faces, 4 people, inversion MLP)", "",
-             f"*{epochs} epochs, on {device}.*", ""]
-    for f in names:  # beside the report, so the report folder stands alone
-        write_bytes(report_dir / f"{f}.png", (folder / f"{f}.png").read_bytes())
-        lines.append(f"![{f}]({f}.png)")
-    return "\n".join(lines + ["", result["markdown"], ""])

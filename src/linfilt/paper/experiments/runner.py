@@ -7,9 +7,11 @@ next row) and `metrics.json`; the populations live beside it under their own con
 """
 from __future__ import annotations
 
-import dataclasses
+import functools
 import json
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +21,7 @@ from tqdm.auto import tqdm
 from linfilt import audit
 from linfilt.atomic import write_json
 from linfilt.paper.data import load
-from linfilt.errors import CorruptFileError
+from linfilt.errors import CorruptFileError, LinfiltError
 from linfilt.paper.experiments.spec import Experiment, parse_method
 from linfilt.filtration import filtration_matrix, mean_logits, retained_classes
 from linfilt.paper.population import train_populations
@@ -28,9 +30,9 @@ from linfilt.paper.population import train_populations
 def unlearn_population(seen: np.ndarray, labels: np.ndarray, forget: tuple[int, ...], method: str,
                        per_class: int | None = None, seed: int = 0) -> np.ndarray:
     """Filter a whole population's logits (M, n, k) -> (M, n, k - |C|): model m's A is estimated
-    from its own logits (all test images, or the first `per_class` of each class, PROTOCOL.md),
-    and the M filtrations are applied as one batched product. `seed` drives randomization (one
-    independent z per model)."""
+    from its own test-set logits (all test images, or the first `per_class` of each class in data
+    set order, as the authors did for the paper's sample-size table), and the M filtrations are
+    applied as one batched product. `seed` drives randomization (one independent z per model)."""
     k = seen.shape[2]
     rngs = np.random.default_rng(seed).spawn(len(seen))
     F = np.stack([filtration_matrix(mean_logits(logits, labels, k, per_class=per_class), forget,
@@ -38,16 +40,55 @@ def unlearn_population(seen: np.ndarray, labels: np.ndarray, forget: tuple[int, 
     return np.matmul(seen, F.transpose(0, 2, 1).astype(seen.dtype))
 
 
-def _attack_json(result: audit.AttackResult) -> dict[str, Any]:
-    return {"advantages": result.advantages.tolist(), "classes": list(result.classes),
-            "classifiers": list(result.classifiers), "forget": list(result.forget),
-            "fixed_first": result.fixed_first, "interval": result.interval, "level": result.level,
-            "seed": result.seed}
+@dataclass(frozen=True)
+class ExperimentResult:
+    """Every number of one finished experiment, as `metrics.json` keeps it.
 
+    Rows: each method of the experiment, "transfer" when trained, and "floor"; accuracy also has
+    "before" and "retrained". The advantage summaries and paired differences are computed from
+    the stored attacks (metrics.json holds them too, for the reader)."""
 
-def attack_from_json(d: dict[str, Any]) -> audit.AttackResult:
-    return audit.AttackResult(np.asarray(d["advantages"]), tuple(d["classes"]), tuple(d["classifiers"]),
-                              tuple(d["forget"]), d["fixed_first"], d["interval"], d["level"], d["seed"])
+    experiment: Experiment
+    device: str
+    classes: tuple[str, ...]
+    kept: tuple[int, ...]
+    attacks: Mapping[str, audit.AttackResult]
+    accuracy: Mapping[str, Mapping[str, float]]  # row -> AccuracyLoss.summary()
+    labels_changed: Mapping[str, Mapping[str, float]]  # row -> LabelsChanged.summary()
+    distribution: Mapping[str, Mapping[str, list[float]]]  # row -> PredictedDistribution.summary()
+    seconds: Mapping[str, float]
+
+    @functools.cached_property
+    def advantage(self) -> dict[str, audit.Summary]:
+        return {row: res.summary() for row, res in self.attacks.items()}
+
+    @functools.cached_property
+    def difference_vs_naive(self) -> dict[str, audit.Summary]:
+        """Each method (and transfer) minus naive, paired; empty without a naive row."""
+        if "naive" not in self.attacks:
+            return {}
+        return {row: audit.difference(res, self.attacks["naive"])
+                for row, res in self.attacks.items() if row not in ("naive", "floor")}
+
+    def to_json(self) -> dict[str, Any]:
+        return {"experiment": self.experiment.to_json(), "device": self.device,
+                "classes": list(self.classes), "kept": list(self.kept),
+                "advantage": {row: s.to_json() for row, s in self.advantage.items()},
+                "attacks": {row: res.to_json() for row, res in self.attacks.items()},
+                "difference_vs_naive": {row: s.to_json() for row, s in self.difference_vs_naive.items()},
+                "accuracy": self.accuracy, "labels_changed": self.labels_changed,
+                "distribution": self.distribution, "seconds": self.seconds}
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> ExperimentResult:
+        """The inverse of `to_json` (the summaries are recomputed from the attacks);
+        LinfiltError if `d` is not one."""
+        try:
+            return cls(Experiment.from_json(d["experiment"]), d["device"], tuple(d["classes"]),
+                       tuple(d["kept"]), {row: audit.AttackResult.from_json(a) for row, a in d["attacks"].items()},
+                       d["accuracy"], d["labels_changed"], d["distribution"], d["seconds"])
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise LinfiltError(f"not an experiment's metrics: {exc!r}") from None
 
 
 def _read_json(path: Path) -> Any:
@@ -63,14 +104,23 @@ def result_dir(exp: Experiment, out: str | Path, device: str) -> Path:
     return Path(out) / exp.name / f"{exp.digest()}-{device.split(':')[0]}"
 
 
+def read_result(path: Path) -> ExperimentResult:
+    """A metrics.json this runner wrote, or CorruptFileError saying how to recompute it."""
+    try:
+        return ExperimentResult.from_json(_read_json(path))
+    except LinfiltError as exc:
+        raise CorruptFileError(f"{path} is {exc}; delete it and rerun the same command, which "
+                               "recomputes it") from None
+
+
 def run_experiment(exp: Experiment, out: str | Path = "runs", device: str = "cpu", n_jobs: int = 1,
-                   progress: bool = True) -> dict[str, Any]:
+                   progress: bool = True) -> ExperimentResult:
     """Every number of `exp`, computed or read from a finished earlier run; see module doc."""
     root = result_dir(exp, out, device)
     metrics_path = root / "metrics.json"
     if metrics_path.is_file():
-        return _read_json(metrics_path)
-    write_json(root / "experiment.json", dataclasses.asdict(exp))
+        return read_result(metrics_path)
+    write_json(root / "experiment.json", exp.to_json())
 
     data = load(exp.dataset)
     labels = np.asarray(data.y_test)
@@ -108,18 +158,17 @@ def run_experiment(exp: Experiment, out: str | Path = "runs", device: str = "cpu
     for row, (attack, first, second) in rows.items():
         path = root / "attacks" / f"{row}.json"
         if path.is_file():
-            stored = _read_json(path)
             try:
-                attacks[row] = attack_from_json(stored)
-            except (KeyError, TypeError, ValueError) as exc:
-                raise CorruptFileError(f"{path} is not an attack result ({exc!r}); delete it and rerun "
-                                       "the same command, which recomputes it") from None
+                attacks[row] = audit.AttackResult.from_json(_read_json(path))
+            except LinfiltError as exc:
+                raise CorruptFileError(f"{path} is {exc}; delete it and rerun the same command, "
+                                       "which recomputes it") from None
             bar.update(exp.repeats * k)
             continue
         attacks[row] = attack(first, second, labels, forget, repeats=exp.repeats, seed=exp.seed,
                               train_samples=samples, test_samples=samples, n_jobs=n_jobs,
                               progress=lambda: bar.update())
-        write_json(path, _attack_json(attacks[row]))
+        write_json(path, attacks[row].to_json())
     bar.close()
     audit_seconds = time.perf_counter() - started
 
@@ -127,26 +176,16 @@ def run_experiment(exp: Experiment, out: str | Path = "runs", device: str = "cpu
     accuracy = {"before": logits["seen"], "retrained": logits["notseen"], **candidates}
     distributions = {"retrained": logits["notseen"], **candidates}
 
-    metrics = {
-        "experiment": dataclasses.asdict(exp),
-        "device": device,
-        "classes": list(data.classes),
-        "kept": kept.tolist(),
-        "advantage": {row: audit.summary_json(res.summary()) for row, res in attacks.items()},
-        "attacks": {row: _attack_json(res) for row, res in attacks.items()},
-        "difference_vs_naive": ({row: audit.summary_json(audit.difference(res, attacks["naive"]))
-                                 for row, res in attacks.items() if row not in ("naive", "floor")}
-                                if "naive" in attacks else {}),
-        "accuracy": {row: audit.retained_accuracy_loss(l, labels, k, forget).summary()
-                     for row, l in accuracy.items()},
-        "labels_changed": ({row: audit.labels_changed(l, naive, labels, k, forget).summary()
-                            for row, l in unlearned.items() if row != "naive"}
-                           if naive is not None else {}),
-        "distribution": {row: {key: np.asarray(v).tolist() for key, v in
-                               audit.predicted_distribution(l, labels, forget[0], k, forget).summary().items()}
-                         for row, l in distributions.items()},
-        "seconds": {"train_or_load": train_seconds, "unlearn_population": unlearn_seconds,
-                    "audit": audit_seconds},
-    }
-    write_json(metrics_path, metrics)
-    return metrics
+    result = ExperimentResult(
+        exp, device, tuple(data.classes), tuple(kept.tolist()), attacks,
+        accuracy={row: audit.retained_accuracy_loss(l, labels, k, forget).summary()
+                  for row, l in accuracy.items()},
+        labels_changed=({row: audit.labels_changed(l, naive, labels, k, forget).summary()
+                         for row, l in unlearned.items() if row != "naive"} if naive is not None else {}),
+        distribution={row: {key: np.asarray(v).tolist() for key, v in
+                            audit.predicted_distribution(l, labels, forget[0], k, forget).summary().items()}
+                      for row, l in distributions.items()},
+        seconds={"train_or_load": train_seconds, "unlearn_population": unlearn_seconds,
+                 "audit": audit_seconds})
+    write_json(metrics_path, result.to_json())
+    return result

@@ -2,19 +2,23 @@
 
 An `Experiment` names everything that changes a number (data set, architecture settings,
 population size, epochs, forgotten classes, unlearning methods and sample sizes, attack
-settings); its digest keys the stored results. `ARTIFACTS` maps each paper table or figure to
-the experiments it needs.
+settings); its digest keys the stored results. `ARTIFACTS`, the one registry of the paper's tables
+and figures, says what each needs and how the report lays it out. The values come from
+`linfilt.paper.settings`.
 """
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import json
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from linfilt.errors import LinfiltError
-from linfilt.paper.population import PROTOCOL, PopulationConfig
+from linfilt.paper import settings
+from linfilt.paper.experiments import paper
+from linfilt.paper.population import PopulationConfig
 
 # Bump when a change to the runner changes what an experiment computes.
 RUNNER_VERSION = 2  # 2: the floor is the pooled permutation null
@@ -32,19 +36,36 @@ class Experiment:
     dataset: str
     forget: tuple[int, ...]
     arch_kwargs: dict[str, Any] = field(default_factory=dict)
-    models: int = 100  # per population, as in the paper
-    epochs: int | None = None  # None: PROTOCOL.md's epochs for the data set
-    methods: tuple[str, ...] = ("naive", "normalization", "randomization", "zeroing")
+    models: int = settings.MODELS  # per population
+    epochs: int | None = None  # None: the data set's epochs in settings.PROTOCOL
+    methods: tuple[str, ...] = settings.METHODS
     transfer: bool = False  # also train and audit the transfer population
     # Images per model per side of the attack: for forgotten classes, and for retained ones.
-    forgotten_samples: int = 150
-    retained_samples: int = 150
-    repeats: int = 5  # attack repeats (random model splits) behind each interval; repeat 0 = paper's split
+    forgotten_samples: int = settings.ATTACK_SAMPLES
+    retained_samples: int = settings.ATTACK_SAMPLES
+    repeats: int = settings.REPEATS  # attack repeats (random model splits); repeat 0 = paper's split
     seed: int = 0
     note: str = ""
 
+    def to_json(self) -> dict[str, Any]:
+        """Every field, JSON-ready (the form of experiment.json and of metrics.json's "experiment")."""
+        return {**dataclasses.asdict(self), "forget": list(self.forget), "methods": list(self.methods)}
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> Experiment:
+        """The inverse of `to_json`; LinfiltError names a missing or unknown field."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        if not isinstance(d, Mapping) or set(d) - names or {"name", "dataset", "forget"} - set(d):
+            raise LinfiltError(f"not an experiment: expected the fields {sorted(names)}, got "
+                               f"{sorted(d) if isinstance(d, Mapping) else type(d).__name__}")
+        values = dict(d)
+        for name in ("forget", "methods"):  # JSON has lists only
+            if name in values:
+                values[name] = tuple(values[name])
+        return cls(**values)
+
     def scaled(self, models: int | None = None, epochs: int | None = None,
-               repeats: int | None = None) -> "Experiment":
+               repeats: int | None = None) -> Experiment:
         """The same experiment at another scale (None keeps the current value)."""
         changes = {k: v for k, v in (("models", models), ("epochs", epochs), ("repeats", repeats))
                    if v is not None}
@@ -57,11 +78,16 @@ class Experiment:
 
     @property
     def trained_epochs(self) -> int:
-        return self.epochs if self.epochs is not None else PROTOCOL[self.dataset]["epochs"]
+        return self.epochs if self.epochs is not None else settings.PROTOCOL[self.dataset]["epochs"]
 
     @property
     def full_scale(self) -> bool:
-        return self.models == 100 and self.trained_epochs == PROTOCOL[self.dataset]["epochs"]
+        return (self.models == settings.MODELS
+                and self.trained_epochs == settings.PROTOCOL[self.dataset]["epochs"])
+
+    def rows(self) -> list[str]:
+        """The audited rows besides the floor: every method, in order, then transfer if trained."""
+        return [*self.methods, *(["transfer"] if self.transfer else [])]
 
     def population(self, device: str = "cpu", seed: int | None = None) -> PopulationConfig:
         overrides: dict[str, Any] = {"models": self.models, "arch_kwargs": dict(self.arch_kwargs),
@@ -75,36 +101,71 @@ class Experiment:
                 for c in range(num_classes)}
 
     def digest(self) -> str:
-        key = {**dataclasses.asdict(self), "runner": RUNNER_VERSION}
+        key = {**self.to_json(), "runner": RUNNER_VERSION}
         key.pop("note")
         return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
-_CIFAR_METHODS = ("naive", "normalization@10", "normalization@100", "normalization",
-                  "randomization", "zeroing")
+EXPERIMENTS: dict[str, Experiment] = {name: Experiment(name, **kw) for name, kw in settings.EXPERIMENTS.items()}
 
-EXPERIMENTS: dict[str, Experiment] = {
-    "mnist": Experiment("mnist", "mnist", (0,), retained_samples=100,
-                        note="MLP (50 hidden units) on MNIST, digit 0 forgotten"),
-    **{f"cifar10-p{p}": Experiment(f"cifar10-p{p}", "cifar10", (0,), {"p": p}, methods=_CIFAR_METHODS,
-                                   transfer=(p == 256),
-                                   note=f"CNN (p = {p}) on CIFAR-10, class airplane forgotten")
-       for p in (64, 256, 1024)},
-    "att_faces": Experiment("att_faces", "att_faces", (0, 1, 2, 3), methods=("naive", "normalization"),
-                            note="ResNet on AT&T faces, people s1..s4 forgotten"),
-}
+_NAIVE_NORM = ("naive", "normalization")
 
-# Paper artefact -> (experiments it needs, what it shows).
-ARTIFACTS: dict[str, tuple[tuple[str, ...], str]] = {
-    "table1": (("mnist",), "advantage, MNIST MLP, naive and normalization"),
-    "table7": (("mnist",), "advantage, MNIST MLP, all four methods"),
-    "table8": (("mnist",), "accuracy and loss, MNIST MLP"),
-    "table2": (("cifar10-p256",), "advantage, CIFAR-10 CNN p = 256"),
-    "table3": (("att_faces",), "advantage, AT&T ResNet, 4 people forgotten"),
-    "table4": (("cifar10-p256",), "advantage by sample size s, CIFAR-10 p = 256"),
-    "table5": (("cifar10-p64", "cifar10-p256", "cifar10-p1024"), "advantage by p, CIFAR-10"),
-    "table6": (("cifar10-p256",), "labels changed vs naive, CIFAR-10 p = 256"),
-    "table9": (("cifar10-p64", "cifar10-p256", "cifar10-p1024"), "advantage, CIFAR-10, all settings"),
-    "table10": (("cifar10-p64", "cifar10-p256", "cifar10-p1024"), "accuracy and loss, CIFAR-10"),
-    "figure3": (("cifar10-p256",), "predicted distribution of the forgotten class, CIFAR-10 p = 256"),
-}
+
+def _cifar(table: Mapping[int, Any]) -> Callable[[Experiment], Any]:
+    """The paper's CIFAR-10 numbers for the experiment's p."""
+    return lambda exp: table.get(exp.arch_kwargs.get("p"))
+
+
+def _fixed(table: Any) -> Callable[[Experiment], Any]:
+    return lambda exp: table
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """One table or figure of the paper: what it shows, the experiments it needs (none for the
+    inversion figures, which run their own), and how the report lays it out."""
+
+    kind: str  # "table" or "figure"
+    number: int
+    title: str
+    experiments: tuple[str, ...]
+    # "advantage" (with paired differences to naive unless `differences` is False), "accuracy",
+    # "labels_changed", "figure3" or "inversion"
+    layout: str
+    rows: tuple[str, ...] | None = None  # our rows shown (None: all of `Experiment.rows`)
+    paper: Callable[[Experiment], Any] | None = None  # the paper's numbers for an experiment
+    differences: bool = True
+
+    @property
+    def name(self) -> str:
+        return f"{self.kind}{self.number}"
+
+
+_ARTIFACTS = (
+    Artifact("table", 1, "advantage, MNIST MLP, naive and normalization", ("mnist",), "advantage",
+             _NAIVE_NORM, _fixed(paper.MNIST_ADVANTAGE)),
+    Artifact("table", 2, "advantage, CIFAR-10 CNN p = 256", ("cifar10-p256",), "advantage",
+             ("naive", "normalization", "randomization", "zeroing", "transfer"), _cifar(paper.CIFAR_ADVANTAGE)),
+    Artifact("table", 3, "advantage, AT&T ResNet, 4 people forgotten", ("att_faces",), "advantage",
+             None, _fixed(paper.ATT_ADVANTAGE)),
+    Artifact("table", 4, "advantage by sample size s, CIFAR-10 p = 256", ("cifar10-p256",), "advantage",
+             ("naive", "normalization@10", "normalization@100", "normalization"), _cifar(paper.CIFAR_ADVANTAGE)),
+    Artifact("table", 5, "advantage by p, CIFAR-10", ("cifar10-p64", "cifar10-p256", "cifar10-p1024"),
+             "advantage", _NAIVE_NORM, _cifar(paper.CIFAR_TABLE5), differences=False),
+    Artifact("table", 6, "labels changed vs naive, CIFAR-10 p = 256", ("cifar10-p256",), "labels_changed"),
+    Artifact("table", 7, "advantage, MNIST MLP, all four methods", ("mnist",), "advantage", None,
+             _fixed(paper.MNIST_ADVANTAGE)),
+    Artifact("table", 8, "accuracy and loss, MNIST MLP", ("mnist",), "accuracy", None,
+             _fixed(paper.MNIST_ACCURACY)),
+    Artifact("table", 9, "advantage, CIFAR-10, all settings", ("cifar10-p64", "cifar10-p256", "cifar10-p1024"),
+             "advantage", None, _cifar(paper.CIFAR_ADVANTAGE)),
+    Artifact("table", 10, "accuracy and loss, CIFAR-10", ("cifar10-p64", "cifar10-p256", "cifar10-p1024"),
+             "accuracy", None, _cifar(paper.CIFAR_ACCURACY)),
+    Artifact("figure", 1, "model inversion of one person before and after unlearning", (), "inversion"),
+    Artifact("figure", 3, "predicted distribution of the forgotten class, CIFAR-10 p = 256",
+             ("cifar10-p256",), "figure3"),
+    Artifact("figure", 5, "model inversion of each person after unlearning them", (), "inversion"),
+    Artifact("figure", 6, "model inversion of every person after unlearning each", (), "inversion"),
+)
+# Paper order: tables, then figures, each by number.
+ARTIFACTS: dict[str, Artifact] = {a.name: a for a in _ARTIFACTS}
