@@ -406,3 +406,71 @@ def test_scaled_solve_is_bit_identical_to_the_paper_formula_on_ordinary_A():
         A = rng.normal(size=(10, 10)) * scale + np.eye(10) * 5
         B = target(A, [0, 3], "normalization")
         np.testing.assert_array_equal(compute_filtration(A, [0, 3]).matrix, np.linalg.solve(A.T, B.T).T)
+
+
+# --- the one record of a filtration step ---------------------------------------------------------
+
+def test_a_record_step_takes_the_filtration_and_original_ids():
+    """FiltrationRecord.then: positions of the filtration are output positions of the record's
+    model, so the step names original ids and the new record keeps the original id of each output."""
+    from linfilt.filtration import FiltrationRecord, FiltrationStep
+
+    rng = np.random.default_rng(0)
+    A = rng.normal(size=(5, 5)) + np.diag([9.0] * 5)
+    before = FiltrationRecord((0, 2, 4, 6, 8), (FiltrationStep("naive", (1, 3), None, 50, 4.0),))
+    filt = compute_filtration(A, [1, 3], "randomization", rng=7)
+    after = before.then(filt, per_class=10, samples=50, rng=7, head="fc")
+    assert after.classes == (0, 4, 8) and after.forgotten == (1, 3, 2, 6)
+    step = after.steps[-1]
+    assert (step.forgot, step.method, step.per_class, step.samples, step.seed, step.head) == \
+        ((2, 6), "randomization", 10, 50, 7, "fc")
+    assert step.condition_number == filt.condition == pytest.approx(np.linalg.cond(A))
+    assert step.affine is False and step.pinv is False and step.forgot_names is None and step.date is None
+    assert before.then(filt, per_class=None, samples=50, rng=np.random.default_rng(7)).steps[-1].seed is None
+    # softmax-symmetric A: the step records the filtration's offset
+    sym = A - A.mean(axis=0)
+    assert before.then(compute_filtration(sym, [0]), per_class=None, samples=5).steps[-1].affine is True
+
+
+@pytest.mark.parametrize("field, value, words", [
+    ("method", "evil", r"unknown method: method must be one of \['naive', .*got 'evil'"),
+    ("forgot", (), "must name its forgotten classes"),
+    ("forgot", (-1,), "forgotten class id must be >= 0"),
+    ("forgot", "12", "forgotten class ids must be a list of integers"),
+    ("forgot_names", ("a", "b"), "one name per id"),
+    ("forgot_names", (" ",), "class names must be non-empty"),
+    ("per_class", 0, "per_class must be a positive integer"),
+    ("samples", 1.5, "samples must be a positive integer"),
+    ("condition_number", 0.5, "condition_number must be >= 1"),
+    ("pinv", 1, "pinv must be true or false"),
+    ("affine", "no", "affine must be true or false"),
+    ("seed", -1, "seed must be >= 0"),
+    ("date", "yesterday", "date must be an ISO 8601"),
+    ("head", 3, "head must be a dotted module path"),
+])
+def test_a_record_step_validates_every_field(field, value, words):
+    from linfilt.filtration import FiltrationStep
+
+    good = dict(method="naive", forgot=(3,), per_class=None, samples=9, condition_number=2.0)
+    FiltrationStep(**good)
+    with pytest.raises(LinfiltError, match=words):
+        FiltrationStep(**{**good, field: value})
+
+
+def test_an_infinite_condition_number_is_kept_as_inf():
+    from linfilt.filtration import FiltrationStep
+
+    for cond in (None, np.inf):
+        step = FiltrationStep("naive", [3], None, 9, cond)
+        assert step.condition_number == np.inf == step.condition and step.forgot == (3,) == step.forget
+
+
+def test_class_counts_name_the_classes_as_the_caller_does():
+    from linfilt.filtration import check_class_counts
+
+    labels = np.array([0, 0, 2, 2, 2])
+    np.testing.assert_array_equal(check_class_counts(np.append(labels, 1), 3, 1), [2, 1, 3])
+    with pytest.raises(LinfiltError, match=r"classes \['b'\] have no samples"):
+        check_class_counts(labels, 3, names=["a", "b", "c"])
+    with pytest.raises(LinfiltError, match=r"per_class=3 but .*\(class 10: 2\)"):
+        check_class_counts(np.array([0, 0, 1, 1, 1]), 2, 3, names=[10, 11])

@@ -415,3 +415,50 @@ def test_non_finite_weights_are_neither_saved_nor_loaded(tmp_path, dtype, bad):
     _raw(target, _state(model), json.dumps(_spec().to_json()))
     with pytest.raises(ModelFormatError, match=r"'body.1.bias' holds NaN or infinite values"):
         load_model(target)
+
+
+def _v1_spec_json():
+    """A spec as linfilt wrote it in format version 1 (before `affine` and `head` were recorded)."""
+    return {"format": "linfilt-model", "version": 1, "arch": "mlp", "arch_kwargs": MLP,
+            "classes": [{"id": c, "name": NAMES[c]} for c in _KEPT],
+            "history": [{"method": "normalization", "forgot": [3], "forgot_names": ["digit3"], "per_class": 10,
+                         "samples": 100, "condition_number": None, "date": "2024-05-01T12:00:00+00:00",
+                         "seed": None, "pinv": True}]}
+
+
+def test_version_1_files_load_with_nothing_invented(tmp_path):
+    path = tmp_path / "v1.safetensors"
+    _raw(path, _state(_mlp(k=9)), json.dumps(_v1_spec_json()))
+    model, spec = load_model(path)
+    (step,) = spec.history
+    assert (step.forgot, step.forgot_names, step.per_class, step.samples, step.pinv) == \
+        ((3,), ("digit3",), 10, 100, True)
+    assert step.condition_number == float("inf")
+    assert step.affine is None and step.head is None  # unknown in version 1: not made up
+    assert model.linfilt_filtration.steps == (step,) and model.linfilt_filtration.classes == _KEPT
+    # re-saved, it is a version-2 file that says the same
+    save_model(tmp_path / "v2.safetensors", model, spec)
+    assert load_model(tmp_path / "v2.safetensors")[1] == spec
+    saved = json.loads(safetensors.safe_open(str(tmp_path / "v2.safetensors"), "pt").metadata()[SPEC_KEY])
+    assert saved["version"] == 2 and saved["history"][0]["condition_number"] is None
+    # the keys of version 2 are unknown to version 1
+    v1 = _v1_spec_json()
+    v1["history"][0]["affine"] = False
+    _raw(path, _state(_mlp(k=9)), json.dumps(v1))
+    with pytest.raises(ModelFormatError, match=r"unknown \['affine'\]"):
+        load_model(path)
+
+
+def test_model_files_keep_the_record_of_unlearn(tmp_path):
+    """The step `unlearn` records is what the file stores, named and dated: head and affine included."""
+    x, y = torch.rand(300, 1, 8, 8, generator=torch.Generator().manual_seed(0)), torch.arange(300) % 10
+    new = linfilt.unlearn(_mlp(), [3], (x, y), method="zeroing", per_class=20, rng=5)
+    spec = _spec().after_unlearn(new)
+    save_model(tmp_path / "u.safetensors", new, spec)
+    loaded, spec2 = load_model(tmp_path / "u.safetensors")
+    (made,), (stored,) = new.linfilt_filtration.steps, spec2.history
+    assert dataclasses.replace(stored, forgot_names=None, date=None) == made
+    assert (stored.head, stored.affine, stored.seed, stored.forgot_names) == ("head", False, 5, ("digit3",))
+    assert loaded.linfilt_filtration.steps == (stored,)
+    with pytest.raises(ModelFormatError, match="names and dates every filtration"):
+        ModelSpec("mlp", MLP, _KEPT, tuple(NAMES[c] for c in _KEPT), (made,))

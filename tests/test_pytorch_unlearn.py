@@ -6,7 +6,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import linfilt
-from linfilt import LinfiltError, filtration_matrix
+from linfilt import LinfiltError, filtration_matrix, mean_logits
 from linfilt.paper.data import load, to_float
 from linfilt.filtration import METHODS
 from linfilt.paper.models import build
@@ -332,3 +332,55 @@ def test_a_hand_set_record_with_absurd_class_ids_is_refused(trained, digits):
     model.linfilt_filtration = FiltrationRecord(classes=tuple(range(9)) + (10**12,))
     with pytest.raises(LinfiltError, match="out of range"):
         linfilt.unlearn(model, [1], (x, y))
+
+
+def test_options_after_data_are_keyword_only(trained, digits):
+    x, y, _, _ = digits
+    with pytest.raises(TypeError, match="positional"):
+        linfilt.unlearn(trained, [1], (x, y), "naive")
+
+
+class Counted(nn.Module):
+    """A digits MLP that counts its forward passes."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+        self.head = nn.Linear(64, 10)
+
+    def forward(self, x):
+        self.calls += 1
+        return self.head(x.flatten(1))
+
+
+@pytest.mark.parametrize("forget, words", [([2, 2], "repeated"), ("3", "class id"), ([], "empty")])
+def test_a_bad_forget_set_is_refused_before_any_forward_pass(digits, forget, words):
+    x, y, _, _ = digits
+    model = Counted()
+    with pytest.raises(LinfiltError, match=words):
+        linfilt.unlearn(model, forget, (x, y))
+    assert model.calls == 0
+
+
+def test_the_record_is_the_one_filtration_step(trained, digits):
+    """The PyTorch record, model files' history and the scikit-learn record are one type; the step
+    says whether the filtration had an offset g."""
+    from linfilt.filtration import FiltrationStep
+    from linfilt.modelio import HistoryEntry
+    from linfilt.pytorch import UnlearnStep
+
+    x, y, _, _ = digits
+    assert UnlearnStep is HistoryEntry is FiltrationStep
+    (step,) = linfilt.unlearn(trained, [FORGET], (x, y), per_class=10, rng=3).linfilt_filtration.steps
+    A = mean_logits(logits_of(trained, x), y, 10, per_class=10, rng=3)
+    assert isinstance(step, FiltrationStep)
+    assert np.abs(A.sum(axis=0)).min() > 1e-3 * np.abs(A).sum(axis=0).max()  # no zero-sum columns ...
+    assert step.affine is False  # ... so no offset g
+    assert (step.seed, step.per_class, step.samples, step.head, step.forgot_names, step.date) == \
+        (3, 10, 100, "head", None, None)
+    assert step.condition_number == pytest.approx(np.linalg.cond(A), rel=1e-9)
+    model = build("mlp", 10, in_features=64, hidden=(32,)).double()
+    with torch.no_grad():
+        model.head.weight -= model.head.weight.mean(dim=0)  # logits that sum to zero: affine
+        model.head.bias -= model.head.bias.mean()
+    assert linfilt.unlearn(model, [FORGET], (x, y)).linfilt_filtration.steps[0].affine is True

@@ -194,3 +194,67 @@ def test_bad_inputs(fitted, digits):
     multilabel = np.stack([y % 2, y > 4, y == 0], axis=1).astype(int)
     with pytest.raises(LinfiltError, match="multilabel"):
         unlearn(RidgeClassifier().fit(X, multilabel), [0], X, multilabel)
+
+
+def test_only_public_scikit_learn_api_is_imported():
+    import ast
+    import inspect
+
+    import linfilt.sklearn
+
+    tree = ast.parse(inspect.getsource(linfilt.sklearn))
+    modules = [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+    modules += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+    private = [m for m in modules if m.startswith("sklearn") and any(p.startswith("_") for p in m.split("."))]
+    assert not private
+
+
+def test_the_filtered_estimator_records_what_was_done(fitted, digits):
+    """linfilt_filtration_ is the record the PyTorch adapter and model files keep: original ids
+    (positions in the first classes_), the labels as names, one step per request."""
+    from linfilt.filtration import FiltrationRecord, FiltrationStep
+
+    X, y = digits
+    est = fitted["logreg"]
+    first = unlearn(est, [3], X, y, per_class=30, rng=4)
+    orig = _reference_scores(est, X)
+    filt = compute_filtration(mean_logits(orig, y, 10, per_class=30, rng=4), [3])
+    rec = first.linfilt_filtration_
+    assert isinstance(rec, FiltrationRecord) and isinstance(rec.steps[0], FiltrationStep)
+    assert rec.classes == (0, 1, 2, 4, 5, 6, 7, 8, 9)
+    (step,) = rec.steps
+    assert (step.forgot, step.forgot_names, step.method, step.per_class, step.samples, step.seed) == \
+        ((3,), ("3",), "normalization", 30, 300, 4)
+    assert step.affine is True and step.condition_number == pytest.approx(filt.condition, rel=1e-9)
+    assert not hasattr(est, "linfilt_filtration_")  # the original is untouched
+    second = unlearn(first, [8], X[y != 3], y[y != 3], method="naive")
+    assert second.linfilt_filtration_.classes == (0, 1, 2, 4, 5, 6, 7, 9)
+    assert second.linfilt_filtration_.forgotten == (3, 8) and second.linfilt_filtration_.steps[0] == step
+    strings = unlearn(_fit("sgd", X, NAMES[y]), ["three", "two"], X, NAMES[y], method="naive")
+    sorted_names = sorted(NAMES)  # classes_ is sorted: eight five four nine one seven six three two zero
+    assert strings.linfilt_filtration_.steps[0].forgot == (sorted_names.index("three"), sorted_names.index("two"))
+    assert strings.linfilt_filtration_.steps[0].forgot_names == ("three", "two")
+    assert strings.linfilt_filtration_.steps[0].affine is False  # SGD's one-vs-rest scores do not sum to zero
+    refit = _fit("logreg", X, y)
+    refit.linfilt_filtration_ = rec  # fit() leaves the attribute of an earlier unlearn in place
+    with pytest.raises(LinfiltError, match="stale"):
+        unlearn(refit, [1], X, y)
+
+
+def test_estimators_whose_scores_are_not_linear_in_coef_are_refused(digits):
+    from sklearn.linear_model import LinearRegression
+
+    X, y = digits
+    three = y < 3
+    svc = SVC(kernel="linear").fit(X[three], y[three])  # 3 classes: coef_ has one row per class pair
+    assert svc.coef_.shape[0] == 3
+    with pytest.raises(LinfiltError, match="not supported: its decision_function is not"):
+        unlearn(svc, [1], X[three], y[three])
+    with pytest.raises(LinfiltError, match="not supported"):
+        unlearn(LinearRegression().fit(X, y), [1], X, y)
+
+
+def test_options_after_y_are_keyword_only(fitted, digits):
+    X, y = digits
+    with pytest.raises(TypeError, match="positional"):
+        unlearn(fitted["sgd"], [1], X, y, "naive")

@@ -7,6 +7,8 @@ from linfilt.errors import (
     ModelFormatError,
 )
 from linfilt.filtration import (
+    FiltrationRecord,
+    FiltrationStep,
     absorb,
     apply_filtration,
     check_forget,
@@ -34,6 +36,8 @@ __all__ = [
     "apply_filtration",
     "absorb",
     "unlearn",
+    "FiltrationRecord",
+    "FiltrationStep",
     "LinfiltError",
     "IllConditionedError",
     "DataNotFoundError",

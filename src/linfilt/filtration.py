@@ -12,20 +12,30 @@ every class j, with F's rows orthogonal to 1 (the one direction such logits neve
 system is square and invertible (its matrix is A in the coordinates of the sum-zero plane with a
 row of ones added), so F is exact and well-scaled, with no pseudo-inverse and no dependence on
 rounding. Every other A is solved as the paper does, F = B_z A^-1, with g = 0.
+
+A filtered model carries a `FiltrationRecord` (one `FiltrationStep` per deletion request): the
+PyTorch and scikit-learn adapters leave it on their results and model files store its steps.
 """
 from __future__ import annotations
 
+import datetime
+import math
+import reprlib
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Any
 
 import numpy as np
 
 from linfilt.errors import IllConditionedError, LinfiltError
-from linfilt.validation import (check_array, check_class_ids, check_int, check_labels,
-                                check_optional_positive_int, check_positive_int,
-                                check_random_state)
+from linfilt.validation import (check_array, check_class_id, check_class_ids, check_float, check_int,
+                                check_labels, check_optional_positive_int, check_positive_int,
+                                check_random_state, check_seed, is_int)
 
 METHODS = ("naive", "normalization", "randomization", "zeroing")
+# The attribute under which an adapter leaves its FiltrationRecord on a filtered model (a
+# scikit-learn estimator's ends in "_", that library's mark of what fitting produced).
+RECORD_ATTR = "linfilt_filtration"
 
 # Beyond this condition number a float64 solve keeps fewer than ~4 significant digits of F.
 MAX_CONDITION = 1e12
@@ -56,6 +66,143 @@ class Filtration:
     def apply(self, logits: np.ndarray) -> np.ndarray:
         """Filtered logits F h + g of logits (..., k)."""
         return apply_filtration(self.matrix, logits, self.offset)
+
+
+def check_id_list(values: Any, name: str) -> tuple[int, ...]:
+    """A list of class ids (each an integer in 0..MAX_CLASS_ID; repeats are left to the caller)."""
+    if isinstance(values, (str, bytes, Mapping)) or not isinstance(values, Iterable):
+        raise LinfiltError(f"{name}s must be a list of integers, got {reprlib.repr(values)}")
+    return tuple(check_class_id(c, name) for c in values)
+
+
+def check_name_list(values: Any, name: str) -> tuple[str, ...]:
+    """A list of class names, each a string with more than spaces."""
+    if isinstance(values, (str, bytes, Mapping)) or not isinstance(values, Iterable):
+        raise LinfiltError(f"{name}s must be a list of strings, got {reprlib.repr(values)}")
+    names = tuple(values)
+    for n in names:
+        if not isinstance(n, str):
+            raise LinfiltError(f"{name} must be a string, got {reprlib.repr(n)}")
+        if not n.strip():
+            raise LinfiltError(f"{name}s must be non-empty (not only spaces), got {reprlib.repr(n)}")
+    return tuple(str(n) for n in names)  # plain str, also for numpy's
+
+
+def _is_iso_date(text: str) -> bool:
+    try:
+        datetime.datetime.fromisoformat(text)
+    except ValueError:
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class FiltrationStep:
+    """One linear filtration of a model (one deletion request): the one record of it, which the
+    PyTorch and scikit-learn adapters leave on their results and model files store (the field
+    names are the model file's JSON keys).
+
+    Class ids are ORIGINAL ids: a class's output position in the model before any filtration, so
+    they keep their meaning however many steps follow. forgot_names, date and head are None where
+    the layer that made the step does not know them (a model file names and dates every step; a
+    scikit-learn estimator has no head to name). Every field is validated on construction.
+    """
+
+    method: str
+    forgot: tuple[int, ...]  # original class ids forgotten by this step
+    per_class: int | None  # samples per class that estimated A (None: all given)
+    samples: int  # samples whose logits estimated A
+    condition_number: float  # of the system solved (A, or its affine form); inf when singular
+    pinv: bool = False  # F came from a pseudo-inverse (allow_pinv=True)
+    seed: int | None = None  # the integer rng seed, when one was given
+    affine: bool | None = None  # the filtration had an offset g (Filtration.offset); None: not recorded
+    forgot_names: tuple[str, ...] | None = None  # one name per forgotten id
+    date: str | None = None  # UTC, ISO 8601
+    head: str | None = None  # dotted path of the filtered nn.Linear ("" when the model is that Linear)
+
+    def __post_init__(self) -> None:
+        check_method(self.method)
+        forgot = check_id_list(self.forgot, "forgotten class id")
+        if not forgot:
+            raise LinfiltError("a filtration must name its forgotten classes: forgot is empty")
+        names = self.forgot_names
+        if names is not None:
+            names = check_name_list(names, "class name")
+            if len(names) != len(forgot):
+                raise LinfiltError(f"forgot_names must hold one name per id: {len(names)} names for "
+                                   f"{len(forgot)} ids")
+        for key in ("pinv", "affine"):
+            value = getattr(self, key)
+            if not (isinstance(value, bool) or (key == "affine" and value is None)):
+                raise LinfiltError(f"{key} must be true or false, got {reprlib.repr(value)}")
+        if self.date is not None and not (isinstance(self.date, str) and _is_iso_date(self.date)):
+            raise LinfiltError(f"date must be an ISO 8601 date and time, got {reprlib.repr(self.date)}")
+        if self.head is not None and not isinstance(self.head, str):
+            raise LinfiltError(f"head must be a dotted module path, got {reprlib.repr(self.head)}")
+        cond = self.condition_number
+        checked = {
+            "forgot": forgot,
+            "forgot_names": names,
+            "per_class": check_optional_positive_int(self.per_class, "per_class"),
+            "samples": check_positive_int(self.samples, "samples"),
+            # a 2-norm condition number is at least 1; None (JSON has no infinity) means infinite
+            "condition_number": math.inf if cond is None or cond == math.inf
+            else check_float(cond, "condition_number", low=1.0),
+            "seed": check_seed(self.seed),
+        }
+        for key, value in checked.items():
+            object.__setattr__(self, key, value)
+
+    @property
+    def forget(self) -> tuple[int, ...]:
+        """`forgot` by the name of `unlearn`'s parameter (the PyTorch record's name for it)."""
+        return self.forgot
+
+    @property
+    def condition(self) -> float:
+        """`condition_number` by `Filtration`'s name for it (the PyTorch record's name for it)."""
+        return self.condition_number
+
+
+@dataclass(frozen=True)
+class FiltrationRecord:
+    """What linear filtration did to a model: `classes[i]` is the original id of output i, and
+    `steps` the filtrations applied, in order."""
+
+    classes: tuple[int, ...]
+    steps: tuple[FiltrationStep, ...] = ()
+
+    @property
+    def forgotten(self) -> tuple[int, ...]:
+        """Original ids of every class forgotten so far, in the order they were forgotten."""
+        return tuple(c for s in self.steps for c in s.forgot)
+
+    def then(self, filtration: Filtration, *, per_class: int | None, samples: int, rng: Any = None,
+             **known: Any) -> FiltrationRecord:
+        """The record after `filtration`, computed on this record's outputs (its class ids are
+        output positions here). rng is the one the caller passed (an integer is recorded as the
+        seed); known: the FiltrationStep fields the caller knows (forgot_names, date, head)."""
+        step = FiltrationStep(
+            method=filtration.method, forgot=tuple(self.classes[i] for i in filtration.forget),
+            per_class=per_class, samples=samples, condition_number=filtration.condition,
+            pinv=filtration.pinv, seed=int(rng) if is_int(rng) else None, affine=filtration.affine, **known,
+        )
+        return FiltrationRecord(tuple(self.classes[i] for i in filtration.kept), (*self.steps, step))
+
+
+def check_method(method: Any) -> str:
+    """One of METHODS."""
+    if not isinstance(method, str) or method not in METHODS:
+        raise LinfiltError(f"unknown method: method must be one of {list(METHODS)}, got {reprlib.repr(method)}")
+    return method
+
+
+def check_method_rng(method: Any, rng: Any) -> np.random.Generator | None:
+    """Validate a method and its rng (None, a Generator or an integer seed) together, before any
+    work: randomization needs an rng to draw its z. Returns the rng as a Generator (or None)."""
+    if check_method(method) == "randomization" and rng is None:
+        raise LinfiltError("method 'randomization' needs rng= (a numpy Generator or an integer seed)")
+    return check_random_state(rng)
 
 
 def check_forget(num_classes: int, forget: int | Iterable[int]) -> tuple[int, ...]:
@@ -90,6 +237,27 @@ def _class_order(labels: np.ndarray, num_classes: int) -> np.ndarray:
     return np.argsort(labels.astype(np.int16) if num_classes <= 2**15 else labels, kind="stable")
 
 
+def check_class_counts(labels: np.ndarray, num_classes: int, per_class: int | None = None,
+                       names: list[Any] | None = None) -> np.ndarray:
+    """Samples per class of validated labels; every class needs one (per_class with per_class).
+    Messages call class j names[j] (an adapter's original id or label; j itself by default)."""
+    counts = np.bincount(labels, minlength=num_classes)
+    name = names.__getitem__ if names is not None else int
+    empty = [name(j) for j in np.flatnonzero(counts == 0)]
+    if empty:
+        raise LinfiltError(
+            f"classes {empty} have no samples in the data: A needs at least one sample of every class"
+        )
+    short = [] if per_class is None else [(name(j), int(counts[j])) for j in np.flatnonzero(counts < per_class)]
+    if short:
+        shown = ", ".join(f"class {j}: {n}" for j, n in short[:10])
+        raise LinfiltError(
+            f"per_class={per_class} but some classes have fewer samples ({shown}); "
+            "pass a smaller per_class or more data"
+        )
+    return counts
+
+
 def select_per_class(
     labels: np.ndarray, num_classes: int, per_class: int, rng: np.random.Generator | int | None = None
 ) -> np.ndarray:
@@ -98,14 +266,7 @@ def select_per_class(
     labels = check_labels(labels, num_classes=num_classes)
     per_class = check_positive_int(per_class, "per_class")
     rng = check_random_state(rng)
-    counts = np.bincount(labels, minlength=num_classes)
-    short = [(j, int(counts[j])) for j in range(num_classes) if counts[j] < per_class]
-    if short:
-        shown = ", ".join(f"class {j}: {n}" for j, n in short[:10])
-        raise LinfiltError(
-            f"per_class={per_class} but some classes have fewer samples ({shown}); "
-            "pass a smaller per_class or more data"
-        )
+    counts = check_class_counts(labels, num_classes, per_class)
     order = _class_order(labels, num_classes)
     starts = np.concatenate(([0], np.cumsum(counts)))
     picks = []
@@ -137,12 +298,7 @@ def mean_logits(
     if labels.shape[0] != logits.shape[0]:
         raise LinfiltError(f"{logits.shape[0]} logit rows but {labels.shape[0]} labels")
     per_class = check_optional_positive_int(per_class, "per_class")
-    counts = np.bincount(labels, minlength=num_classes)
-    empty = np.flatnonzero(counts == 0).tolist()
-    if empty:
-        raise LinfiltError(
-            f"classes {empty} have no samples in the data: A needs at least one sample of every class"
-        )
+    counts = check_class_counts(labels, num_classes)
     if per_class is not None:
         idx = select_per_class(labels, num_classes, per_class, rng)
         logits, labels = logits[idx], labels[idx]
@@ -188,9 +344,7 @@ def _target(A: np.ndarray, forget: tuple[int, ...], kept: np.ndarray, method: st
         B[:, cols] = x - x.mean(axis=0) + A[np.ix_(kept, kept)].mean()
     elif method == "zeroing":
         B[:, cols] = 0.0
-    elif method == "randomization":
-        if rng is None:
-            raise LinfiltError("method 'randomization' needs rng= (a numpy Generator or an integer seed)")
+    elif method == "randomization":  # rng checked by check_method_rng
         # One draw of k-|C| values per forgotten class, in ascending class order.
         B[:, cols] = rng.standard_normal((len(cols), len(kept))).T
     return B
@@ -235,8 +389,7 @@ def compute_filtration(
     any A. Raises IllConditionedError when the system's condition number reaches max_condition,
     unless allow_pinv (then a least-squares F from a cut-off pseudo-inverse).
     """
-    if method not in METHODS:
-        raise LinfiltError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    rng = check_method_rng(method, rng)
     A = check_array(A, "A", ndim=2, finite=False)
     if A.shape[0] != A.shape[1]:
         raise LinfiltError(f"A must be a square (k, k) matrix, got shape {A.shape}")
@@ -244,7 +397,7 @@ def compute_filtration(
     k = A.shape[0]
     forget = check_forget(k, forget)
     kept = retained_classes(k, forget)
-    B = _target(A, forget, kept, method, check_random_state(rng))
+    B = _target(A, forget, kept, method, rng)
     no_offset = np.zeros(len(kept))
     if method == "naive":  # F = pi exactly (the paper's (0 | I)): cutting rows needs no inverse
         return Filtration(np.eye(k)[kept], forget, tuple(kept.tolist()), method,

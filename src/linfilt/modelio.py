@@ -2,8 +2,13 @@
 
 The spec says how to rebuild the module (`arch` and `arch_kwargs`, for the builder registered
 under `arch` in `linfilt.plugins`; `linfilt.paper` registers the paper's three), which classes its
-outputs are (original ids and names, in output order) and every filtration applied so far. Weights are plain tensors, so loading never runs code from the file; a user's
-plain PyTorch state dict is read with `torch.load(weights_only=True)` only.
+outputs are (original ids and names, in output order) and every filtration applied so far (its
+`history`: one `linfilt.filtration.FiltrationStep` each, named and dated). Weights are plain
+tensors, so loading never runs code from the file; a user's plain PyTorch state dict is read with
+`torch.load(weights_only=True)` only.
+
+Format versions: 2 adds two optional keys to each history record, `affine` (the filtration had an
+offset g) and `head` (the filtered layer); files of version 1 load with both unknown (None).
 
 A file is recognised by its structure (an 8-byte little-endian header length, then that many
 bytes of JSON), and everything in it is checked on load: the whole spec (class ids, names,
@@ -33,21 +38,19 @@ import safetensors.torch
 import torch
 from torch import nn
 
+from linfilt import plugins
 from linfilt.atomic import write_bytes
 from linfilt.errors import LinfiltError, ModelFormatError
-from linfilt.filtration import METHODS
-from linfilt import plugins
-from linfilt.pytorch import RECORD_ATTR, FiltrationRecord, UnlearnStep
-from linfilt.validation import (
-    check_class_id,
-    check_float,
-    check_optional_positive_int,
-    check_positive_int,
-    check_seed,
-)
+from linfilt.filtration import RECORD_ATTR, FiltrationRecord, FiltrationStep, check_id_list, check_name_list
 
 FORMAT_NAME = "linfilt-model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+# A history record's JSON keys (FiltrationStep's fields): required ones, and by format version the
+# optional ones (a key added later is optional, so older files still load).
+_REQUIRED = {"method", "forgot", "forgot_names", "per_class", "samples", "condition_number", "date"}
+_OPTIONAL = {1: {"seed", "pinv"}, 2: {"seed", "pinv", "affine", "head"}}
+# The history record's name here before one record served every layer.
+HistoryEntry = FiltrationStep
 # Key of the spec in the safetensors header's `__metadata__` (a str -> str map).
 SPEC_KEY = "linfilt.spec"
 
@@ -66,77 +69,6 @@ def _format_errors(where: str = "") -> Iterator[None]:
         raise ModelFormatError(f"{where}{exc}") from None
 
 
-def _ids(values: Any, name: str) -> tuple[int, ...]:
-    """A list of class ids (each an integer in 0..MAX_CLASS_ID) as a tuple."""
-    if isinstance(values, (str, bytes, Mapping)) or not isinstance(values, Iterable):
-        raise ModelFormatError(f"{name}s must be a list of integers, got {reprlib.repr(values)}")
-    with _format_errors():
-        return tuple(check_class_id(c, name) for c in values)
-
-
-def _names(values: Any, name: str) -> tuple[str, ...]:
-    """A list of class names (each a string with more than spaces) as a tuple."""
-    if isinstance(values, (str, bytes, Mapping)) or not isinstance(values, Iterable):
-        raise ModelFormatError(f"{name}s must be a list of strings, got {reprlib.repr(values)}")
-    names = tuple(values)
-    for n in names:
-        if not isinstance(n, str):
-            raise ModelFormatError(f"{name} must be a string, got {reprlib.repr(n)}")
-        if not n.strip():
-            raise ModelFormatError(f"{name}s must be non-empty (not only spaces), got {reprlib.repr(n)}")
-    return tuple(str(n) for n in names)
-
-
-@dataclass(frozen=True)
-class HistoryEntry:
-    """One linear filtration applied to a model (one deletion request), as the spec records it."""
-
-    method: str
-    forgot: tuple[int, ...]  # original class ids
-    forgot_names: tuple[str, ...]
-    per_class: int | None  # samples per class used for A (None: all given)
-    samples: int  # samples that estimated A
-    condition_number: float | None  # of A; None when infinite (singular A, pseudo-inverse used)
-    date: str  # UTC, ISO 8601
-    seed: int | None = None  # of the random choices (randomization, random per-class samples)
-    pinv: bool = False  # F came from a pseudo-inverse of a singular / ill-conditioned A (opt-in)
-
-    def __post_init__(self) -> None:
-        """Validate every field (ModelFormatError says which is wrong); an infinite condition
-        number is stored as None (JSON has no infinity)."""
-        if not isinstance(self.method, str) or self.method not in METHODS:
-            raise ModelFormatError(f"method must be one of {list(METHODS)}, got {reprlib.repr(self.method)}")
-        forgot, names = _ids(self.forgot, "forgotten class id"), _names(self.forgot_names, "class name")
-        if len(forgot) != len(names) or not forgot:
-            raise ModelFormatError("a filtration must name its forgotten classes, one name per id")
-        if not isinstance(self.pinv, bool):
-            raise ModelFormatError(f"pinv must be true or false, got {reprlib.repr(self.pinv)}")
-        if not isinstance(self.date, str) or not _is_iso_date(self.date):
-            raise ModelFormatError(f"date must be an ISO 8601 date and time, got {reprlib.repr(self.date)}")
-        cond = self.condition_number
-        with _format_errors():
-            checked = {
-                "forgot": forgot,
-                "forgot_names": names,
-                "per_class": check_optional_positive_int(self.per_class, "per_class"),
-                "samples": check_positive_int(self.samples, "samples"),
-                # a 2-norm condition number is at least 1
-                "condition_number": None if cond is None or cond == math.inf
-                else check_float(cond, "condition_number", low=1.0),
-                "seed": check_seed(self.seed),
-            }
-        for key, value in checked.items():
-            object.__setattr__(self, key, value)
-
-
-def _is_iso_date(text: str) -> bool:
-    try:
-        datetime.datetime.fromisoformat(text)
-    except ValueError:
-        return False
-    return True
-
-
 @dataclass(frozen=True)
 class ModelSpec:
     """What a model file says about its model besides the weights.
@@ -149,11 +81,12 @@ class ModelSpec:
     arch_kwargs: dict[str, Any]
     class_ids: tuple[int, ...]
     class_names: tuple[str, ...]
-    history: tuple[HistoryEntry, ...] = ()
+    history: tuple[FiltrationStep, ...] = ()
 
     def __post_init__(self) -> None:
         """Validate the whole spec; ModelFormatError says what is wrong."""
-        ids, names = _ids(self.class_ids, "class id"), _names(self.class_names, "class name")
+        with _format_errors():
+            ids, names = check_id_list(self.class_ids, "class id"), check_name_list(self.class_names, "class name")
         if len(ids) != len(names):
             raise ModelFormatError(f"spec has {len(ids)} class ids but {len(names)} class names")
         if len(ids) < 2:
@@ -165,8 +98,8 @@ class ModelSpec:
                                        f"class {ids[i]}, after class {ids[i - 1]}")
         _build_meta(self.arch, len(ids), self.arch_kwargs)  # validates the architecture's settings
         history = tuple(self.history)
-        if not all(isinstance(e, HistoryEntry) for e in history):
-            raise ModelFormatError("spec history must hold HistoryEntry records")
+        if not all(isinstance(e, FiltrationStep) for e in history):
+            raise ModelFormatError("spec history must hold FiltrationStep records")
         _check_history(ids, names, history)
         object.__setattr__(self, "class_ids", ids)
         object.__setattr__(self, "class_names", names)
@@ -204,13 +137,8 @@ class ModelSpec:
             raise LinfiltError(f"the model's classes {list(record.classes)} are not among this spec's "
                                f"{list(self.class_ids)}")
         date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-        entries = tuple(
-            HistoryEntry(method=step.method, forgot=step.forget,
-                         forgot_names=tuple(names[c] for c in step.forget), per_class=step.per_class,
-                         samples=step.samples, condition_number=step.condition, date=date,
-                         seed=step.seed, pinv=step.pinv)
-            for step in record.steps[len(self.history):]
-        )
+        entries = tuple(dataclasses.replace(step, forgot_names=tuple(names[c] for c in step.forgot), date=date)
+                        for step in record.steps[len(self.history):])
         return dataclasses.replace(
             self,
             class_ids=record.classes,
@@ -220,13 +148,7 @@ class ModelSpec:
 
     def record(self) -> FiltrationRecord:
         """The record `linfilt.unlearn` reads: so a loaded model forgets and skips by original ids."""
-        steps = tuple(
-            UnlearnStep(forget=e.forgot, method=e.method, per_class=e.per_class, samples=e.samples,
-                        condition=math.inf if e.condition_number is None else e.condition_number,
-                        pinv=e.pinv, head="head", seed=e.seed)
-            for e in self.history
-        )
-        return FiltrationRecord(classes=self.class_ids, steps=steps)
+        return FiltrationRecord(classes=self.class_ids, steps=self.history)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -235,7 +157,9 @@ class ModelSpec:
             "arch": self.arch,
             "arch_kwargs": self.arch_kwargs,
             "classes": [{"id": i, "name": n} for i, n in zip(self.class_ids, self.class_names)],
-            "history": [dataclasses.asdict(f) for f in self.history],
+            # JSON has no infinity: an infinite condition number is stored as null
+            "history": [{**dataclasses.asdict(f), "condition_number": None if f.condition_number == math.inf
+                         else f.condition_number} for f in self.history],
         }
 
     @classmethod
@@ -265,14 +189,12 @@ class ModelSpec:
             raise ModelFormatError(f"history must be a list of filtration records, "
                                    f"got {reprlib.repr(history)}")
         entries = []
-        entry_fields = {f.name for f in dataclasses.fields(HistoryEntry)}
-        required = {f.name for f in dataclasses.fields(HistoryEntry) if f.default is dataclasses.MISSING}
         for i, h in enumerate(history, 1):
             with _format_errors(f"history entry {i}: "):
                 if not isinstance(h, dict):
                     raise ModelFormatError(f"must be an object, got {reprlib.repr(h)}")
-                _check_fields(h, entry_fields, required, "record")
-                entries.append(HistoryEntry(**h))
+                _check_fields(h, _REQUIRED | _OPTIONAL[version], _REQUIRED, "record")
+                entries.append(FiltrationStep(**h))
         return cls(arch=obj["arch"], arch_kwargs=obj["arch_kwargs"],
                    class_ids=tuple(c["id"] for c in classes), class_names=tuple(c["name"] for c in classes),
                    history=tuple(entries))
@@ -284,11 +206,14 @@ def _check_fields(obj: dict, known: set[str], required: set[str], what: str) -> 
         raise ModelFormatError(f"{what} fields wrong: missing {missing}, unknown {reprlib.repr(unknown)}")
 
 
-def _check_history(ids: tuple[int, ...], names: tuple[str, ...], history: tuple[HistoryEntry, ...]) -> None:
-    """Each forgotten class is forgotten once and is no longer among the classes; every class,
-    current or forgotten, has its own name."""
+def _check_history(ids: tuple[int, ...], names: tuple[str, ...], history: tuple[FiltrationStep, ...]) -> None:
+    """Every step is named and dated; each forgotten class is forgotten once and is no longer among
+    the classes; every class, current or forgotten, has its own name."""
     current, forgotten = set(ids), set()
     for i, entry in enumerate(history, 1):
+        if entry.forgot_names is None or entry.date is None:
+            raise ModelFormatError(f"history entry {i}: a model file names and dates every filtration "
+                                   "(forgot_names, date); use spec.after_unlearn(model)")
         for c, name in zip(entry.forgot, entry.forgot_names):
             if c in current:
                 raise ModelFormatError(f"history entry {i}: class {c} ({name!r}) is among the model's "

@@ -18,9 +18,9 @@ both times, is for each method (derivation and tests: tests/test_sequential.py):
 """
 from __future__ import annotations
 
+import contextlib
 import copy
-from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -29,38 +29,13 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from linfilt.errors import LinfiltError
-from linfilt.filtration import METHODS, absorb, check_forget, compute_filtration, mean_logits, select_per_class
-from linfilt.validation import (check_class_ids, check_labels, check_optional_positive_int,
-                                check_positive_int, check_random_state, is_int)
+from linfilt.filtration import (RECORD_ATTR, Filtration, FiltrationRecord, FiltrationStep, absorb,
+                                check_class_counts, check_forget, check_method_rng, compute_filtration,
+                                mean_logits, select_per_class)
+from linfilt.validation import check_class_ids, check_labels, check_optional_positive_int, check_positive_int
 
-RECORD_ATTR = "linfilt_filtration"
-
-
-@dataclass(frozen=True)
-class UnlearnStep:
-    """One call of `unlearn`: one deletion request."""
-
-    forget: tuple[int, ...]  # original class ids forgotten by this step
-    method: str
-    per_class: int | None  # samples per class that estimated A (None: all given)
-    samples: int  # samples whose logits estimated A
-    condition: float  # 2-norm condition number of A
-    pinv: bool  # F came from a pseudo-inverse (allow_pinv=True)
-    head: str  # dotted path of the filtered nn.Linear ("" when the model is the Linear)
-    seed: int | None = None  # the integer rng seed, when one was given
-
-
-@dataclass(frozen=True)
-class FiltrationRecord:
-    """What linear filtration did to a model: `classes[i]` is the original id of output i."""
-
-    classes: tuple[int, ...]
-    steps: tuple[UnlearnStep, ...] = field(default=())
-
-    @property
-    def forgotten(self) -> tuple[int, ...]:
-        """Original ids of every class forgotten so far, in the order they were forgotten."""
-        return tuple(c for s in self.steps for c in s.forget)
+# The record's step under the name it had here before one record served every layer.
+UnlearnStep = FiltrationStep
 
 
 def _linears(model: nn.Module) -> dict[nn.Module, str]:
@@ -178,26 +153,29 @@ class _Runner:
         return linears[found], found
 
 
-class _Classes:
-    """Original class ids of the model's outputs, and the translation of ids into output positions."""
+class _Outputs:
+    """The head to rewrite, the original class id of each of its outputs (from the model's record,
+    else the output positions), the positions to forget, and the translation of labels."""
 
-    def __init__(self, model: nn.Module, k: int) -> None:
+    def __init__(self, model: nn.Module, head: tuple[str, nn.Linear], forget: tuple[int, ...]) -> None:
+        self.head_name, self.head = head
+        self.k = k = self.head.out_features
         record = getattr(model, RECORD_ATTR, None)
-        self.record = record if isinstance(record, FiltrationRecord) else None
-        if self.record:  # ids index a lookup table: bounded, distinct, non-negative
-            check_class_ids(self.record.classes, f"the model's {RECORD_ATTR}.classes")
-        self.ids = np.asarray(self.record.classes if self.record else range(k), dtype=np.int64)
-        self.forgotten = np.asarray(self.record.forgotten if self.record else (), dtype=np.int64)
-        if len(self.ids) != k:
-            raise LinfiltError(
-                f"the model's {RECORD_ATTR} lists {len(self.ids)} classes but its head has {k} outputs; "
-                f"delete the stale attribute `{RECORD_ATTR}` to use output positions as class ids"
-            )
-        self.k = k
+        self.recorded = isinstance(record, FiltrationRecord)
+        if self.recorded:  # ids index a lookup table: bounded, distinct, non-negative
+            check_class_ids(record.classes, f"the model's {RECORD_ATTR}.classes")
+            if len(record.classes) != k:
+                raise LinfiltError(
+                    f"the model's {RECORD_ATTR} lists {len(record.classes)} classes but its head has {k} "
+                    f"outputs; delete the stale attribute `{RECORD_ATTR}` to use output positions as class ids"
+                )
+        self.record = record if self.recorded else FiltrationRecord(tuple(range(k)))
+        self.ids = np.asarray(self.record.classes, dtype=np.int64)
+        self.forgotten = np.asarray(self.record.forgotten, dtype=np.int64)
+        self.forget = self._forget_positions(forget)
 
-    def forget_positions(self, forget: int | Iterable[int]) -> tuple[int, ...]:
-        """Output positions of the original class ids in `forget`."""
-        ids = check_class_ids(forget, "forget")
+    def _forget_positions(self, ids: tuple[int, ...]) -> tuple[int, ...]:
+        """Output positions of the original class ids (validated by check_class_ids) to forget."""
         gone = sorted(set(ids) & set(self.forgotten.tolist()))
         if gone:
             raise LinfiltError(f"classes {gone} were already forgotten from this model")
@@ -205,7 +183,7 @@ class _Classes:
         missing = [c for c in ids if c not in where]
         if missing:
             raise LinfiltError(f"classes {missing} are not outputs of this model (its classes: "
-                               f"{self.ids.tolist()})" if self.record else
+                               f"{self.ids.tolist()})" if self.recorded else
                                f"class ids {missing} are out of range: the model has {self.k} outputs "
                                f"(0..{self.k - 1})")
         return check_forget(self.k, [where[c] for c in ids])
@@ -227,16 +205,10 @@ class _Classes:
             )
         return pos.astype(np.int64), keep
 
-    def check_counts(self, pos: np.ndarray, per_class: int | None) -> None:
-        counts = np.bincount(pos, minlength=self.k)
-        empty = self.ids[counts == 0].tolist()
-        if empty:
-            raise LinfiltError(f"classes {empty} have no samples in the data: A needs every class")
-        if per_class is not None:
-            short = [(int(self.ids[j]), int(n)) for j, n in enumerate(counts) if n < per_class]
-            if short:
-                shown = ", ".join(f"class {c}: {n}" for c, n in short[:10])
-                raise LinfiltError(f"per_class={per_class} but some classes have fewer samples ({shown})")
+
+# What each form of data becomes: the head's outputs, every sample's label (original ids), and
+# a function giving the logits (float64) of the samples at given indices.
+_Source = tuple[_Outputs, np.ndarray, Callable[[np.ndarray], np.ndarray]]
 
 
 def _batches(data: Any, batch_size: int) -> Iterator[tuple[Any, Any]]:
@@ -247,58 +219,104 @@ def _batches(data: Any, batch_size: int) -> Iterator[tuple[Any, Any]]:
         yield batch[0], batch[1]
 
 
-def _logits(
-    runner: _Runner, data: Any, forget: Any, per_class: int | None, rng: np.random.Generator | None,
-    batch_size: int, progress: bool, model: nn.Module,
-) -> tuple[_Classes, tuple[int, ...], np.ndarray, np.ndarray, int | None]:
-    """(classes, forget positions, logits float64, label positions, per_class still to apply in
-    mean_logits). Bad requests are refused as soon as the head is known, before the bulk of the work."""
-    if isinstance(data, (tuple, list)) and len(data) == 2:
-        x, y = data
-        x = x if isinstance(x, torch.Tensor) else np.asarray(x)
-        y = check_labels(y)
-        if len(x) != len(y):
-            raise LinfiltError(f"data has {len(x)} inputs but {len(y)} labels")
-        if len(y) == 0:
-            raise LinfiltError("data is empty: A needs samples of every class")
-        if runner.head is None:
-            runner(x[:1])  # find the head, hence k, before choosing which samples to run
-        classes = _Classes(model, runner.head[1].out_features)
-        forget_pos = classes.forget_positions(forget)
-        pos, keep = classes.positions(y)
-        classes.check_counts(pos, per_class)
-        idx = np.flatnonzero(keep)
-        if per_class is not None:  # only the chosen s per class need a forward pass
-            chosen = select_per_class(pos, classes.k, per_class, rng)
-            idx, pos = idx[chosen], pos[chosen]
-        if isinstance(x, torch.Tensor):
-            idx = torch.from_numpy(idx)
-        starts = range(0, len(idx), batch_size)
-        parts = [runner(x[idx[i:i + batch_size]]) for i in tqdm(starts, disable=not progress, desc="logits")]
-        return classes, forget_pos, torch.cat(parts).double().cpu().numpy(), pos, None
-    if not isinstance(data, (DataLoader, Dataset)):
+def _precomputed(model: nn.Module, head: str | None, forget: tuple[int, ...], logits: Any,
+                 labels: Any) -> _Source:
+    outputs = _Outputs(model, _static_head(model, head) or _only_linear(model), forget)
+    values = np.asarray(logits.detach().cpu() if isinstance(logits, torch.Tensor) else logits)
+    if values.ndim != 2 or values.shape[1] != outputs.k:
         raise LinfiltError(
-            "data must be a DataLoader, a Dataset of (input, label) pairs or an (x, y) pair; "
-            "for precomputed logits pass logits= and labels= instead"
+            f"logits of shape {values.shape} do not fit the head {outputs.head_name!r} with "
+            f"{outputs.k} outputs: they must be (n, {outputs.k})"
         )
-    parts, labels, counts, classes = [], [], None, None
+    y = check_labels(labels)
+    if len(y) != len(values):
+        raise LinfiltError(f"{len(values)} logit rows but {len(y)} labels")
+    return outputs, y, values.__getitem__
+
+
+def _pair(runner: _Runner, forget: tuple[int, ...], data: tuple, batch_size: int, progress: bool) -> _Source:
+    """An (x, y) pair: the labels are known before any forward pass, so only the samples chosen
+    to estimate A are run (lazily, by the returned function)."""
+    x, y = data
+    x = x if isinstance(x, torch.Tensor) else np.asarray(x)
+    y = check_labels(y)
+    if len(x) != len(y):
+        raise LinfiltError(f"data has {len(x)} inputs but {len(y)} labels")
+    if len(y) == 0:
+        raise LinfiltError("data is empty: A needs samples of every class")
+    runner(x[:1])  # find the head, hence the classes, before choosing which samples to run
+
+    def logits_of(idx: np.ndarray) -> np.ndarray:
+        rows = torch.from_numpy(idx) if isinstance(x, torch.Tensor) else idx
+        starts = range(0, len(rows), batch_size)
+        parts = [runner(x[rows[i:i + batch_size]]) for i in tqdm(starts, disable=not progress, desc="logits")]
+        return torch.cat(parts).double().cpu().numpy()
+
+    return _Outputs(runner.model, runner.head, forget), y, logits_of
+
+
+def _stream(runner: _Runner, forget: tuple[int, ...], data: Any, per_class: int | None, rng: Any,
+            batch_size: int, progress: bool) -> _Source:
+    """A DataLoader or Dataset: read once, keeping the kept samples' logits; with the first s per
+    class wanted, reading stops as soon as every class has s."""
+    parts, labels, outputs, counts = [], [], None, None
     for xb, yb in tqdm(_batches(data, batch_size), disable=not progress, desc="logits"):
         out = runner(xb)
-        if classes is None:
-            classes = _Classes(model, runner.head[1].out_features)
-            forget_pos = classes.forget_positions(forget)
-            counts = np.zeros(classes.k, dtype=np.int64)
-        pos, keep = classes.positions(check_labels(yb))
+        if outputs is None:  # the first batch found the head: bad requests stop here
+            outputs = _Outputs(runner.model, runner.head, forget)
+            counts = np.zeros(outputs.k, dtype=np.int64)
+        yb = check_labels(yb)
+        pos, keep = outputs.positions(yb)
         parts.append(out[torch.from_numpy(keep).to(out.device)].double().cpu())
-        labels.append(pos)
-        counts += np.bincount(pos, minlength=classes.k)
+        labels.append(yb[keep])
+        counts += np.bincount(pos, minlength=outputs.k)
         if per_class is not None and rng is None and counts.min() >= per_class:
             break  # the first s of every class are in: the rest is not needed
-    if classes is None:
+    if outputs is None:
         raise LinfiltError("data is empty: A needs samples of every class")
-    pos = np.concatenate(labels)
-    classes.check_counts(pos, per_class)
-    return classes, forget_pos, torch.cat(parts).numpy(), pos, per_class
+    return outputs, np.concatenate(labels), torch.cat(parts).numpy().__getitem__
+
+
+def _from_data(model: nn.Module, head: str | None, forget: tuple[int, ...], data: Any, per_class: int | None,
+               rng: Any, batch_size: int, progress: bool) -> _Source:
+    runner = _Runner(model, head)
+    if isinstance(data, (tuple, list)) and len(data) == 2:
+        return _pair(runner, forget, data, batch_size, progress)
+    if isinstance(data, (DataLoader, Dataset)):
+        return _stream(runner, forget, data, per_class, rng, batch_size, progress)
+    raise LinfiltError(
+        "data must be a DataLoader, a Dataset of (input, label) pairs or an (x, y) pair; "
+        "for precomputed logits pass logits= and labels= instead"
+    )
+
+
+@contextlib.contextmanager
+def _inference(model: nn.Module) -> Iterator[None]:
+    """Eval mode without gradients; each module's own train/eval mode is restored after."""
+    modes = {m: m.training for m in model.modules()}
+    try:
+        model.eval()
+        with torch.no_grad():
+            yield
+    finally:
+        for m, mode in modes.items():
+            m.train(mode)
+
+
+def _filtered_head(head: nn.Linear, filt: Filtration) -> nn.Linear:
+    """A new Linear with weight F W and bias F b + g, on the head's device, dtype and mode."""
+    W = head.weight.detach()
+    b = None if head.bias is None else head.bias.detach()
+    new_W, new_b = absorb(filt.matrix, W.cpu().double().numpy(),
+                          None if b is None else b.cpu().double().numpy(), filt.offset)
+    # An affine filtration (softmax-symmetric logits) gives a bias-less head a bias.
+    new = nn.Linear(W.shape[1], new_W.shape[0], bias=new_b is not None, device=W.device, dtype=W.dtype)
+    with torch.no_grad():
+        new.weight.copy_(torch.from_numpy(new_W))
+        if new_b is not None:
+            new.bias.copy_(torch.from_numpy(new_b))
+    new.requires_grad_(head.weight.requires_grad)
+    return new.train(head.training)
 
 
 def _replace(model: nn.Module, head: nn.Linear, new: nn.Linear) -> nn.Module:
@@ -316,12 +334,12 @@ def unlearn(
     model: nn.Module,
     forget: int | Iterable[int],
     data: Any = None,
+    *,
     method: str = "normalization",
     per_class: int | None = None,
     head: str | None = None,
     rng: np.random.Generator | int | None = None,
     allow_pinv: bool = False,
-    *,
     logits: Any = None,
     labels: Any = None,
     batch_size: int = 256,
@@ -336,87 +354,40 @@ def unlearn(
     (a Generator or an integer seed) also draws randomization's z. head: dotted path of the final
     nn.Linear, needed only when the model has no `head` attribute and the one whose output is the
     model's output cannot be told apart. The copy's head has k-|C| outputs, W <- F W and b <- F b,
-    on the same device with the same dtype; its `linfilt_filtration` attribute records what was
-    done. Ids in `forget` and in the labels are original class ids (see the module docstring).
+    on the same device with the same dtype; its `linfilt_filtration` attribute (a FiltrationRecord)
+    records what was done. Ids in `forget` and in the labels are original class ids (see the
+    module docstring). Every option after `data` is keyword-only.
     """
-    if method not in METHODS:
-        raise LinfiltError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-    if method == "randomization" and rng is None:
-        raise LinfiltError("method 'randomization' needs rng= (a numpy Generator or an integer seed)")
-    gen = check_random_state(rng)
-    seed = int(rng) if is_int(rng) else None
+    gen = check_method_rng(method, rng)
+    forget = check_class_ids(forget, "forget")
     per_class = check_optional_positive_int(per_class, "per_class")
     batch_size = check_positive_int(batch_size, "batch_size")
-    if logits is not None:
-        if data is not None:
-            raise LinfiltError("pass either data or precomputed logits=, not both")
-        if labels is None:
-            raise LinfiltError("precomputed logits= need labels= (one class id per row)")
-        head_name, head_mod = _static_head(model, head) or _only_linear(model)
-        values = np.asarray(logits.detach().cpu() if isinstance(logits, torch.Tensor) else logits)
-        if values.ndim != 2 or values.shape[1] != head_mod.out_features:
-            raise LinfiltError(
-                f"logits of shape {values.shape} do not fit the head {head_name!r} with "
-                f"{head_mod.out_features} outputs: they must be (n, {head_mod.out_features})"
-            )
-        y = check_labels(labels)
-        if len(y) != len(values):
-            raise LinfiltError(f"{len(values)} logit rows but {len(y)} labels")
-        classes = _Classes(model, head_mod.out_features)
-        forget_pos = classes.forget_positions(forget)
-        pos, keep = classes.positions(y)
-        classes.check_counts(pos, per_class)
-        values, todo = values[keep], per_class
-    else:
-        if data is None:
-            raise LinfiltError("pass the data to estimate A from (or precomputed logits= and labels=)")
-        modes = {m: m.training for m in model.modules()}
-        runner = _Runner(model, head)
-        try:
-            model.eval()
-            with torch.no_grad():
-                classes, forget_pos, values, pos, todo = _logits(
-                    runner, data, forget, per_class, gen, batch_size, progress, model
-                )
-        finally:
-            for m, mode in modes.items():
-                m.train(mode)
-        head_name, head_mod = runner.head
-    A = mean_logits(values, pos, classes.k, per_class=todo, rng=gen)
-    filt = compute_filtration(A, forget_pos, method, rng=gen, allow_pinv=allow_pinv)
-
-    W = head_mod.weight.detach()
-    b = None if head_mod.bias is None else head_mod.bias.detach()
-    new_W, new_b = absorb(filt.matrix, W.cpu().double().numpy(),
-                          None if b is None else b.cpu().double().numpy(), filt.offset)
-    # An affine filtration (softmax-symmetric logits) gives a bias-less head a bias.
-    new_head = nn.Linear(W.shape[1], new_W.shape[0], bias=new_b is not None, device=W.device, dtype=W.dtype)
-    with torch.no_grad():
-        new_head.weight.copy_(torch.from_numpy(new_W))
-        if new_b is not None:
-            new_head.bias.copy_(torch.from_numpy(new_b))
-    new_head.requires_grad_(head_mod.weight.requires_grad)
-    new_head.train(head_mod.training)
-
-    step = UnlearnStep(
-        forget=tuple(int(classes.ids[i]) for i in forget_pos),
-        method=method,
-        per_class=per_class,
-        samples=int(len(pos) if per_class is None else per_class * classes.k),
-        condition=filt.condition,
-        pinv=filt.pinv,
-        head=head_name,
-        seed=seed,
-    )
-    previous = classes.record.steps if classes.record else ()
+    if logits is not None and data is not None:
+        raise LinfiltError("pass either data or precomputed logits=, not both")
+    if logits is not None and labels is None:
+        raise LinfiltError("precomputed logits= need labels= (one class id per row)")
+    if logits is None and data is None:
+        raise LinfiltError("pass the data to estimate A from (or precomputed logits= and labels=)")
+    with _inference(model):
+        outputs, y, logits_of = (
+            _precomputed(model, head, forget, logits, labels) if logits is not None
+            else _from_data(model, head, forget, data, per_class, gen, batch_size, progress)
+        )
+        pos, keep = outputs.positions(y)
+        check_class_counts(pos, outputs.k, per_class, names=outputs.ids.tolist())
+        idx = np.flatnonzero(keep)
+        if per_class is not None:  # only the chosen s per class need their logits
+            chosen = select_per_class(pos, outputs.k, per_class, gen)
+            idx, pos = idx[chosen], pos[chosen]
+        values = logits_of(idx)
+    A = mean_logits(values, pos, outputs.k)
+    filt = compute_filtration(A, outputs.forget, method, rng=gen, allow_pinv=allow_pinv)
+    old = outputs.head
     # The memo keeps the old head out of the copy (it is replaced there anyway): no wasted k x p copy.
-    new_model = _replace(copy.deepcopy(model, memo={id(head_mod): head_mod}), head_mod, new_head)
-    setattr(
-        new_model,
-        RECORD_ATTR,
-        FiltrationRecord(classes=tuple(int(classes.ids[i]) for i in filt.kept), steps=(*previous, step)),
-    )
+    new_model = _replace(copy.deepcopy(model, memo={id(old): old}), old, _filtered_head(old, filt))
+    record = outputs.record.then(filt, per_class=per_class, samples=len(pos), rng=rng, head=outputs.head_name)
+    setattr(new_model, RECORD_ATTR, record)
     return new_model
 
 
-__all__: Sequence[str] = ("unlearn", "FiltrationRecord", "UnlearnStep", "RECORD_ATTR")
+__all__: Sequence[str] = ("unlearn", "FiltrationRecord", "FiltrationStep", "UnlearnStep", "RECORD_ATTR")

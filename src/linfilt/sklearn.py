@@ -11,6 +11,11 @@ multi_class="ovr" in older scikit-learn) are accepted too: filtration is linear 
 so the new model's scores are exactly F times the old ones and its predictions their argmax.
 The paper motivates the choice of F with softmax logits, though; with OvR scores `predict_proba`
 (where it exists) is scikit-learn's one-vs-rest normalisation of the filtered scores.
+
+The filtered estimator carries a `linfilt.filtration.FiltrationRecord` as `linfilt_filtration_`,
+the record the PyTorch adapter and model files keep: `classes[i]` is the original id of output i
+(its position in the `classes_` of the estimator before any filtration) and each step names the
+labels it forgot (`forgot_names`, as text). A later `unlearn` of the result extends it.
 """
 from __future__ import annotations
 
@@ -20,16 +25,23 @@ from typing import Any
 
 import numpy as np
 from scipy.special import expit
-from sklearn.base import clone
+from sklearn.base import is_classifier
 from sklearn.exceptions import NotFittedError
-from sklearn.linear_model._base import LinearClassifierMixin
 from sklearn.neural_network import MLPClassifier
+from sklearn.preprocessing import LabelBinarizer
 from sklearn.utils import check_array
 from sklearn.utils.validation import check_is_fitted
 
 from linfilt.errors import LinfiltError
-from linfilt.filtration import Filtration, absorb, compute_filtration, mean_logits
-from linfilt.validation import is_int
+from linfilt.filtration import RECORD_ATTR as MODEL_RECORD_ATTR
+from linfilt.filtration import (Filtration, FiltrationRecord, absorb, check_class_counts, check_method_rng,
+                                compute_filtration, mean_logits)
+from linfilt.validation import check_optional_positive_int, is_int
+
+# Where a filtered estimator keeps its FiltrationRecord (scikit-learn's "_" for fitted attributes).
+RECORD_ATTR = MODEL_RECORD_ATTR + "_"
+# decision_function must equal X coef_^T + intercept_ to this share of the scores' largest magnitude.
+LINEAR_TOL = 1e-6
 
 # MLPClassifier's hidden activations (its `activation` parameter), applied out of place.
 _HIDDEN = {
@@ -43,16 +55,21 @@ _HIDDEN = {
 def _check_supported(estimator: Any) -> None:
     """Raise a LinfiltError saying why `estimator` cannot be filtered, if it cannot."""
     name = type(estimator).__name__
-    if not isinstance(estimator, (MLPClassifier, LinearClassifierMixin)):
-        raise LinfiltError(
-            f"{name} is not supported: linfilt.sklearn handles linear classifiers with coef_ and "
-            "intercept_ (LogisticRegression, SGDClassifier, RidgeClassifier, LinearSVC, ...) and "
-            "MLPClassifier; for a Pipeline, unlearn its last step on X transformed by the others"
-        )
+    unsupported = (
+        f"{name} is not supported: linfilt.sklearn handles linear classifiers whose decision_function is "
+        "X coef_^T + intercept_ (LogisticRegression, SGDClassifier, RidgeClassifier, LinearSVC, ...) and "
+        "MLPClassifier; for a Pipeline, unlearn its last step on X transformed by the others"
+    )
+    mlp = isinstance(estimator, MLPClassifier)
+    if not is_classifier(estimator) or not (mlp or hasattr(estimator, "decision_function")):
+        raise LinfiltError(unsupported)
     try:
         check_is_fitted(estimator)
     except NotFittedError:
         raise LinfiltError(f"{name} is not fitted: call fit(X, y) before unlearning") from None
+    if not mlp and not (hasattr(estimator, "coef_") and hasattr(estimator, "intercept_")):
+        raise LinfiltError(unsupported)
+    # the binarizer that MLPClassifier and RidgeClassifier keep knows the kind of targets fitted
     binarizer = getattr(estimator, "_label_binarizer", None)
     if getattr(binarizer, "y_type_", "").startswith("multilabel"):
         raise LinfiltError(f"{name} was fitted on multilabel targets; class-wide filtration needs "
@@ -63,14 +80,29 @@ def _check_supported(estimator: Any) -> None:
             f"{name} has {k} classes: scikit-learn stores a two-class model as a single row of scores, "
             "and linear filtration needs at least 3 classes (at least 2 left after forgetting)"
         )
-    if isinstance(estimator, MLPClassifier):
+    if mlp:
         width = estimator.coefs_[-1].shape[1]
         if estimator.out_activation_ != "softmax" or width != k:
             raise LinfiltError(f"{name} has output activation {estimator.out_activation_!r} and {width} "
                                f"outputs for {k} classes; only softmax multiclass MLPs are supported")
     elif np.ndim(estimator.coef_) != 2 or estimator.coef_.shape[0] != k:
-        raise LinfiltError(f"{name}.coef_ has shape {np.shape(estimator.coef_)}, not one row per "
-                           f"class ({k}, n_features)")
+        raise LinfiltError(f"{unsupported} ({name}.coef_ has shape {np.shape(estimator.coef_)}, not one row "
+                           f"per class ({k}, n_features))")
+
+
+def _check_linear_scores(estimator: Any, X: Any) -> None:
+    """Refuse a model whose scores are not X coef_^T + intercept_ (the map filtration rewrites; a
+    kernel SVC's coef_ is not), checked on the first rows of X before the real work."""
+    if isinstance(estimator, MLPClassifier):
+        return
+    rows = check_array(X[:16], accept_sparse=["csr", "csc"])
+    coef = estimator.coef_
+    coef = coef.toarray() if hasattr(coef, "toarray") else np.asarray(coef)  # after sparsify()
+    want = np.asarray(rows @ coef.T) + estimator.intercept_
+    got = np.asarray(estimator.decision_function(X[:16]))
+    if np.abs(got - want).max() > LINEAR_TOL * max(np.abs(want).max(), np.finfo(float).tiny):
+        raise LinfiltError(f"{type(estimator).__name__} is not supported: its decision_function is not "
+                           "X coef_^T + intercept_, so filtering coef_ would not filter its scores")
 
 
 def logits(estimator: Any, X: Any) -> np.ndarray:
@@ -148,14 +180,21 @@ def _encode(classes: np.ndarray, y: Any) -> np.ndarray:
         unknown = sorted({str(v) for v, c in zip(values.tolist(), codes) if c < 0})
         raise LinfiltError(f"y holds labels {unknown[:10]} that are not among the estimator's classes_; "
                            "drop those samples (e.g. classes forgotten earlier)")
-    missing = np.flatnonzero(np.bincount(codes, minlength=len(classes)) == 0)
-    if missing.size:
-        raise LinfiltError(f"classes {classes[missing].tolist()} have no samples in y: estimating A needs "
-                           "at least one sample of every class")
     return codes
 
 
-def unlearn(estimator: Any, forget: Any, X: Any, y: Any, method: str = "normalization",
+def _record(estimator: Any, k: int) -> FiltrationRecord:
+    """The estimator's record of earlier filtrations, or that of an unfiltered one (ids 0..k-1)."""
+    record = getattr(estimator, RECORD_ATTR, None)
+    if not isinstance(record, FiltrationRecord):
+        return FiltrationRecord(tuple(range(k)))
+    if len(record.classes) != k:
+        raise LinfiltError(f"the estimator's {RECORD_ATTR} lists {len(record.classes)} classes but it has {k} "
+                           f"(refitted after unlearning?); delete the stale attribute `{RECORD_ATTR}`")
+    return record
+
+
+def unlearn(estimator: Any, forget: Any, X: Any, y: Any, *, method: str = "normalization",
             per_class: int | None = None, rng: np.random.Generator | int | None = None,
             allow_pinv: bool = False) -> Any:
     """A copy of `estimator` that has forgotten the classes `forget`, by linear filtration.
@@ -163,7 +202,7 @@ def unlearn(estimator: Any, forget: Any, X: Any, y: Any, method: str = "normaliz
     `forget` names classes by their labels in `estimator.classes_` (one label or an iterable;
     strings work). A is estimated from the estimator's scores on (X, y); `per_class=s` uses the
     first s samples of each class (a random s with `rng`). `rng` also seeds method
-    "randomization". The original estimator is left untouched.
+    "randomization". The original estimator is left untouched. Options after y are keyword-only.
 
     The result's `classes_` lack the forgotten labels and its scores (`logits`) equal F times the
     original's (plus a constant g when the scores sum to zero for every sample, as multinomial
@@ -171,21 +210,32 @@ def unlearn(estimator: Any, forget: Any, X: Any, y: Any, method: str = "normaliz
     When exactly two classes are left it is stored as scikit-learn stores any
     two-class model (one row of coefficients, the difference of the two filtered rows; an MLP's
     single logistic output), so `predict` and `predict_proba` behave as usual and its score is
-    the second filtered logit minus the first. The result is for prediction: its training state
+    the second filtered logit minus the first. Its `linfilt_filtration_` records the filtration
+    (see the module docstring). The result is for prediction: its training state
     (solver/optimizer memory) still describes the original classes, so do not `partial_fit` or
     warm-start it; `fit` retrains from scratch.
     """
+    check_method_rng(method, rng)
+    per_class = check_optional_positive_int(per_class, "per_class")
     _check_supported(estimator)
     classes = np.asarray(estimator.classes_)
+    record = _record(estimator, len(classes))
     positions = _positions(classes, forget)
     n_x = X.shape[0] if hasattr(X, "shape") else len(X)
     if n_x != len(y):
         raise LinfiltError(f"X has {n_x} samples but y has {len(y)} labels")
     codes = _encode(classes, y)
+    check_class_counts(codes, len(classes), per_class, names=classes.tolist())
+    _check_linear_scores(estimator, X)
     scores = logits(estimator, X)
+    # rng as given (an integer seeds the sample choice and z afresh each), as linfilt always did here
     A = mean_logits(scores, codes, len(classes), per_class=per_class, rng=rng)
-    filtration = compute_filtration(A, positions, method=method, rng=rng, allow_pinv=allow_pinv)
-    return _filtered_copy(estimator, filtration)
+    filt = compute_filtration(A, positions, method=method, rng=rng, allow_pinv=allow_pinv)
+    new = _filtered_copy(estimator, filt)
+    samples = len(codes) if per_class is None else per_class * len(classes)
+    setattr(new, RECORD_ATTR, record.then(filt, per_class=per_class, samples=samples, rng=rng,
+                                          forgot_names=tuple(str(classes[i]) for i in filt.forget)))
+    return new
 
 
 def _filtered_copy(estimator: Any, filtration: Filtration) -> Any:
@@ -206,8 +256,12 @@ def _filtered_copy(estimator: Any, filtration: Filtration) -> Any:
         bias = np.broadcast_to(np.asarray(estimator.intercept_, dtype=np.float64), (len(F.T),))
         w2, b2 = _absorb(F, coef, bias, offset)
         new.coef_, new.intercept_ = w2.astype(coef.dtype), b2.astype(coef.dtype)
-    if hasattr(estimator, "_label_binarizer"):  # MLPClassifier, RidgeClassifier: predict decodes with it
-        new._label_binarizer = clone(estimator._label_binarizer).fit(labels)
+    binarizer = getattr(estimator, "_label_binarizer", None)
+    if binarizer is not None:
+        # MLPClassifier and RidgeClassifier decode predictions (and Ridge in older releases its
+        # classes_) with this attribute, which no public API sets: a new LabelBinarizer with the same
+        # settings, fitted on the kept labels, so predict returns only those.
+        new._label_binarizer = LabelBinarizer(**binarizer.get_params()).fit(labels)
     if not isinstance(getattr(type(new), "classes_", None), property):  # a property in old Ridge
         new.classes_ = labels
     return new

@@ -221,7 +221,7 @@ def run(args: argparse.Namespace) -> int:
     _check_fits(model, x, device)
     before = _logits(model, x, device, "before")
     new = unlearn(model, forget, method=args.method, per_class=args.per_class, rng=args.seed,
-                          allow_pinv=args.allow_pinv, logits=before, labels=y)
+                  allow_pinv=args.allow_pinv, logits=before, labels=y)
     after = _logits(new, x, device, "after")
     new_spec = spec.after_unlearn(new)
     save_model(out, new, new_spec)
@@ -234,8 +234,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"forgot {_describe(step.forgot, step.forgot_names)} from {model_path} by {args.method}")
     source = "all" if args.per_class is None else f"{args.per_class} per class,"
     print(f"A estimated from {source} {step.samples} samples of {len(y)} given")
-    cond = "inf" if step.condition_number is None else f"{step.condition_number:.4g}"
-    print(f"condition number of A: {cond}" + (" (pseudo-inverse used)" if step.pinv else ""))
+    pinv = " (pseudo-inverse used)" if step.pinv else ""
+    print(f"condition number of A: {step.condition_number:.4g}{pinv}")
     print(f"classes kept ({new_spec.num_classes}): {_describe(new_spec.class_ids, new_spec.class_names)}")
     if kept.any():
         print(f"accuracy on retained classes ({int(kept.sum())} samples): "
