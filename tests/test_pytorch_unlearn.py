@@ -52,8 +52,8 @@ def test_unlearned_logits_are_F_times_the_original(trained, digits, method):
     rec = new.linfilt_filtration
     assert rec.classes == (0, 1, 2, 4, 5, 6, 7, 8, 9)
     (step,) = rec.steps
-    assert (step.forget, step.method, step.head, step.samples) == ((FORGET,), method, "head", len(y))
-    assert step.condition == pytest.approx(np.linalg.cond(class_means(logits_of(trained, x), y, 10)), rel=1e-6)
+    assert (step.forgot, step.method, step.head, step.samples) == ((FORGET,), method, "head", len(y))
+    assert step.condition_number == pytest.approx(np.linalg.cond(class_means(logits_of(trained, x), y, 10)), rel=1e-6)
 
 
 def test_what_the_paper_claims_about_labels(trained, digits):

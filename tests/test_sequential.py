@@ -112,7 +112,7 @@ def test_pytorch_three_then_five(setting, method, per_class):
     rec = second.linfilt_filtration
     assert second.head.out_features == 8
     assert rec.classes == tuple(retained_classes(10, [3, 5]).tolist()) == once.linfilt_filtration.classes
-    assert rec.forgotten == (3, 5) and [s.forget for s in rec.steps] == [(3,), (5,)]
+    assert rec.forgotten == (3, 5) and [s.forgot for s in rec.steps] == [(3,), (5,)]
     seq, at_once = logits_of(second, xt), logits_of(once, xt)
     if method == "normalization":
         diff = seq - at_once

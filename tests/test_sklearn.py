@@ -11,7 +11,7 @@ from sklearn.neural_network import MLPClassifier
 from sklearn.svm import SVC, LinearSVC
 from threadpoolctl import threadpool_limits
 
-from linfilt.errors import IllConditionedError, LinfiltError
+from linfilt.errors import LinfiltError
 from linfilt.filtration import compute_filtration, mean_logits
 from linfilt.sklearn import logits, unlearn
 

@@ -21,16 +21,16 @@ from __future__ import annotations
 import datetime
 import math
 import reprlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from linfilt.errors import IllConditionedError, LinfiltError
-from linfilt.validation import (check_array, check_class_id, check_class_ids, check_float, check_int,
-                                check_labels, check_optional_positive_int, check_positive_int,
-                                check_random_state, check_seed, is_int)
+from linfilt.validation import (check_array, check_class_ids, check_float, check_id_list, check_int,
+                                check_labels, check_name_list, check_optional_positive_int,
+                                check_positive_int, check_random_state, check_seed, is_int)
 
 METHODS = ("naive", "normalization", "randomization", "zeroing")
 # The attribute under which an adapter leaves its FiltrationRecord on a filtered model (a
@@ -66,26 +66,6 @@ class Filtration:
     def apply(self, logits: np.ndarray) -> np.ndarray:
         """Filtered logits F h + g of logits (..., k)."""
         return apply_filtration(self.matrix, logits, self.offset)
-
-
-def check_id_list(values: Any, name: str) -> tuple[int, ...]:
-    """A list of class ids (each an integer in 0..MAX_CLASS_ID; repeats are left to the caller)."""
-    if isinstance(values, (str, bytes, Mapping)) or not isinstance(values, Iterable):
-        raise LinfiltError(f"{name}s must be a list of integers, got {reprlib.repr(values)}")
-    return tuple(check_class_id(c, name) for c in values)
-
-
-def check_name_list(values: Any, name: str) -> tuple[str, ...]:
-    """A list of class names, each a string with more than spaces."""
-    if isinstance(values, (str, bytes, Mapping)) or not isinstance(values, Iterable):
-        raise LinfiltError(f"{name}s must be a list of strings, got {reprlib.repr(values)}")
-    names = tuple(values)
-    for n in names:
-        if not isinstance(n, str):
-            raise LinfiltError(f"{name} must be a string, got {reprlib.repr(n)}")
-        if not n.strip():
-            raise LinfiltError(f"{name}s must be non-empty (not only spaces), got {reprlib.repr(n)}")
-    return tuple(str(n) for n in names)  # plain str, also for numpy's
 
 
 def _is_iso_date(text: str) -> bool:
@@ -152,16 +132,6 @@ class FiltrationStep:
         }
         for key, value in checked.items():
             object.__setattr__(self, key, value)
-
-    @property
-    def forget(self) -> tuple[int, ...]:
-        """`forgot` by the name of `unlearn`'s parameter (the PyTorch record's name for it)."""
-        return self.forgot
-
-    @property
-    def condition(self) -> float:
-        """`condition_number` by `Filtration`'s name for it (the PyTorch record's name for it)."""
-        return self.condition_number
 
 
 @dataclass(frozen=True)

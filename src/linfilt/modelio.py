@@ -41,7 +41,8 @@ from torch import nn
 from linfilt import plugins
 from linfilt.atomic import write_bytes
 from linfilt.errors import LinfiltError, ModelFormatError
-from linfilt.filtration import RECORD_ATTR, FiltrationRecord, FiltrationStep, check_id_list, check_name_list
+from linfilt.filtration import RECORD_ATTR, FiltrationRecord, FiltrationStep
+from linfilt.validation import check_id_list, check_name_list
 
 FORMAT_NAME = "linfilt-model"
 FORMAT_VERSION = 2

@@ -9,8 +9,9 @@ classes (1, 0).
 from __future__ import annotations
 
 import math
+import reprlib
 import numbers
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -170,3 +171,23 @@ def check_array(value: Any, name: str, *, ndim: int | None = None, finite: bool 
         bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
         raise LinfiltError(f"{name} contains {bad} NaN or infinite values")
     return arr
+
+
+def check_id_list(values: Any, name: str) -> tuple[int, ...]:
+    """A list of class ids (each an integer in 0..MAX_CLASS_ID; repeats are left to the caller)."""
+    if isinstance(values, (str, bytes, Mapping)) or not isinstance(values, Iterable):
+        raise LinfiltError(f"{name}s must be a list of integers, got {reprlib.repr(values)}")
+    return tuple(check_class_id(c, name) for c in values)
+
+
+def check_name_list(values: Any, name: str) -> tuple[str, ...]:
+    """A list of class names, each a string with more than spaces."""
+    if isinstance(values, (str, bytes, Mapping)) or not isinstance(values, Iterable):
+        raise LinfiltError(f"{name}s must be a list of strings, got {reprlib.repr(values)}")
+    names = tuple(values)
+    for n in names:
+        if not isinstance(n, str):
+            raise LinfiltError(f"{name} must be a string, got {reprlib.repr(n)}")
+        if not n.strip():
+            raise LinfiltError(f"{name}s must be non-empty (not only spaces), got {reprlib.repr(n)}")
+    return tuple(str(n) for n in names)  # plain str, also for numpy's

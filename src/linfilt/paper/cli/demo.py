@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
             new = unlearn(model, [c], (x, y), method=method, per_class=args.per_class, rng=args.seed)
             times.append(time.perf_counter() - start)
         rows[method] = (_logits(new, xt), statistics.median(times))
-    cond = new.linfilt_filtration.steps[0].condition
+    cond = new.linfilt_filtration.steps[0].condition_number
 
     gone = yt == c
     naive = rows["naive"][0][None]
