@@ -474,3 +474,18 @@ def test_class_counts_name_the_classes_as_the_caller_does():
         check_class_counts(labels, 3, names=["a", "b", "c"])
     with pytest.raises(LinfiltError, match=r"per_class=3 but .*\(class 10: 2\)"):
         check_class_counts(np.array([0, 0, 1, 1, 1]), 2, 3, names=[10, 11])
+
+
+def test_projection_is_naive_without_data():
+    from linfilt.filtration import FiltrationStep, projection
+
+    A = np.random.default_rng(0).normal(size=(5, 5))
+    filt = projection(5, [1, 3])
+    np.testing.assert_array_equal(filt.matrix, filtration_matrix(A, [1, 3], "naive"))
+    assert (filt.kept, filt.forget, filt.method, filt.condition, filt.affine) == ((0, 2, 4), (1, 3), "naive", 1.0, False)
+    assert FiltrationStep("naive", (1,), None, 0, 1.0).samples == 0  # naive without data
+    for method in ("normalization", "zeroing"):
+        with pytest.raises(LinfiltError, match="samples must be a positive integer"):
+            FiltrationStep(method, (1,), None, 0, 1.0)
+    with pytest.raises(LinfiltError, match="leaves 1"):
+        projection(3, [0, 1])

@@ -113,6 +113,14 @@ def test_sequential_unlearning_keeps_original_ids(tmp_path):
     assert s2_loaded.class_ids == (0, 1, 2, 4, 6, 7, 8, 9)
     assert [e.forgot for e in s2_loaded.history] == [(3,), (5,)]
     assert s2_loaded.history[1].samples == 270
+    # the head's class-id buffer stays out of the file (the spec holds the ids) and comes back on load
+    assert "head.linfilt_classes" in m2.state_dict()
+    assert "head.linfilt_classes" not in safetensors.torch.load_file(tmp_path / "u2.safetensors")
+    assert torch.equal(m2_loaded.head.linfilt_classes, torch.tensor(s2_loaded.class_ids))
+    assert linfilt.classes_of(torch.nn.Sequential(m2_loaded)) == s2_loaded.class_ids
+    # a keep_outputs model (forgotten outputs masked) has no model file: said before anything is written
+    with pytest.raises(LinfiltError, match=r"keeps the outputs of forgotten classes \[5\]"):
+        s1_loaded.after_unlearn(linfilt.unlearn(m1, [5], (x, y), keep_outputs=True))
 
 
 def test_save_refuses_a_model_that_does_not_match_its_spec(tmp_path):

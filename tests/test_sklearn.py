@@ -258,3 +258,55 @@ def test_options_after_y_are_keyword_only(fitted, digits):
     X, y = digits
     with pytest.raises(TypeError, match="positional"):
         unlearn(fitted["sgd"], [1], X, y, "naive")
+
+
+def test_wrappers_are_refused_with_what_to_do(fitted, digits):
+    from sklearn.calibration import CalibratedClassifierCV
+    from sklearn.multiclass import OneVsRestClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    X, y = digits
+    X, y = X[:300], y[:300]
+    with threadpool_limits(1):
+        cases = {
+            "Pipeline is not supported .* unlearn its last step": make_pipeline(StandardScaler(), RidgeClassifier()),
+            "OneVsRestClassifier is not supported .* separate binary estimators": OneVsRestClassifier(RidgeClassifier()),
+            "CalibratedClassifierCV is not supported .* unlearn the uncalibrated": CalibratedClassifierCV(RidgeClassifier(), cv=2),
+        }
+        for words, est in cases.items():
+            est.fit(X, y)
+            with pytest.raises(LinfiltError, match=words):
+                unlearn(est, [3], X, y)
+    # the route the Pipeline message names works, and predicts as the filtered last step does
+    pipe = make_pipeline(StandardScaler(), RidgeClassifier()).fit(X, y)
+    last = unlearn(pipe[-1], [3], pipe[:-1].transform(X), y)
+    pipe.steps[-1] = (pipe.steps[-1][0], last)
+    np.testing.assert_array_equal(pipe.predict(X), last.predict(pipe[:-1].transform(X)))
+    assert 3 not in pipe.predict(X)
+
+
+def test_skorch_net_is_refused_naming_its_module_and_the_module_route_works(digits):
+    skorch = pytest.importorskip("skorch")
+    import torch
+    from torch import nn
+
+    import linfilt
+
+    X, y = digits
+    X, y = X.astype(np.float32), y.astype(np.int64)
+    torch.manual_seed(0)
+    net = skorch.NeuralNetClassifier(nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10)),
+                                     criterion=nn.CrossEntropyLoss, max_epochs=8, lr=0.1, batch_size=64,
+                                     train_split=None, verbose=0).fit(X, y)
+    with pytest.raises(LinfiltError, match=r"NeuralNetClassifier is not supported .* net\.module_ = linfilt\.unlearn"):
+        unlearn(net, [3], X, y)
+    with pytest.raises(LinfiltError, match=r"NeuralNetClassifier wraps a PyTorch module: .*net\.module_ = "):
+        linfilt.unlearn(net, [3], (X, y))
+    before = net.predict(X)
+    net.module_ = linfilt.unlearn(net.module_, [3], (X, y), keep_outputs=True)
+    after = net.predict(X)
+    kept = y != 3
+    assert 3 not in after
+    # net.predict still returns class ids: retained accuracy stays as it was (normalization)
+    assert np.mean(after[kept] == y[kept]) >= np.mean(before[kept] == y[kept]) - 0.02 > 0.8

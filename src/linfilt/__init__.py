@@ -22,10 +22,10 @@ __version__ = "0.1.0"
 
 def __getattr__(name: str):
     # `unlearn` needs torch: imported on first use, so numpy-only users don't pay torch's import.
-    if name == "unlearn":
-        from linfilt.pytorch import unlearn
+    if name in ("unlearn", "classes_of", "predict_ids", "load_unlearned"):
+        import linfilt.pytorch
 
-        return unlearn
+        return getattr(linfilt.pytorch, name)
     raise AttributeError(f"module 'linfilt' has no attribute {name!r}")
 
 __all__ = [
@@ -36,6 +36,9 @@ __all__ = [
     "apply_filtration",
     "absorb",
     "unlearn",
+    "classes_of",
+    "predict_ids",
+    "load_unlearned",
     "FiltrationRecord",
     "FiltrationStep",
     "LinfiltError",

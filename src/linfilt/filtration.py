@@ -91,7 +91,7 @@ class FiltrationStep:
     method: str
     forgot: tuple[int, ...]  # original class ids forgotten by this step
     per_class: int | None  # samples per class that estimated A (None: all given)
-    samples: int  # samples whose logits estimated A
+    samples: int  # samples whose logits estimated A (0: naive without data)
     condition_number: float  # of the system solved (A, or its affine form); inf when singular
     pinv: bool = False  # F came from a pseudo-inverse (allow_pinv=True)
     seed: int | None = None  # the integer rng seed, when one was given
@@ -124,7 +124,9 @@ class FiltrationStep:
             "forgot": forgot,
             "forgot_names": names,
             "per_class": check_optional_positive_int(self.per_class, "per_class"),
-            "samples": check_positive_int(self.samples, "samples"),
+            # 0 only for naive without data (its F needs no A: see `projection`)
+            "samples": 0 if self.method == "naive" and self.samples == 0 and is_int(self.samples)
+            else check_positive_int(self.samples, "samples"),
             # a 2-norm condition number is at least 1; None (JSON has no infinity) means infinite
             "condition_number": math.inf if cond is None or cond == math.inf
             else check_float(cond, "condition_number", low=1.0),
@@ -385,6 +387,15 @@ def compute_filtration(
         raise IllConditionedError("the filtration came out non-finite (A's entries overflow or vanish); "
                                   "check the model's logits")
     return Filtration(F, forget, tuple(kept.tolist()), method, cond, pinv, offset)
+
+
+def projection(num_classes: int, forget: int | Iterable[int]) -> Filtration:
+    """naive's filtration without data: F = pi, the identity's rows of the kept classes. No A is
+    estimated or solved, so its recorded condition number is that of the identity, 1."""
+    forget = check_forget(num_classes, forget)
+    kept = retained_classes(num_classes, forget)
+    return Filtration(np.eye(num_classes)[kept], forget, tuple(kept.tolist()), "naive", 1.0, False,
+                      np.zeros(len(kept)))
 
 
 def filtration_matrix(

@@ -42,6 +42,7 @@ from linfilt import plugins
 from linfilt.atomic import write_bytes
 from linfilt.errors import LinfiltError, ModelFormatError
 from linfilt.filtration import RECORD_ATTR, FiltrationRecord, FiltrationStep
+from linfilt.pytorch import CLASSES_BUFFER, set_classes
 from linfilt.validation import check_id_list, check_name_list
 
 FORMAT_NAME = "linfilt-model"
@@ -133,6 +134,12 @@ class ModelSpec:
         if not isinstance(record, FiltrationRecord) or len(record.steps) <= len(self.history):
             raise LinfiltError("this model carries no new linear filtration: pass the result of "
                                "linfilt.unlearn applied to the model this spec was loaded with")
+        masked = sorted(set(record.classes) & set(record.forgotten))
+        if masked:
+            raise LinfiltError(f"this model keeps the outputs of forgotten classes {masked} (masked, by "
+                               "keep_outputs=True); a model file lists only live classes, so unlearn without "
+                               "keep_outputs to save one, or save its state_dict (it loads into the original "
+                               "architecture)")
         names = dict(zip(self.class_ids, self.class_names))
         if not set(record.classes) <= set(names):
             raise LinfiltError(f"the model's classes {list(record.classes)} are not among this spec's "
@@ -283,7 +290,9 @@ def save_model(path: str | os.PathLike, model: nn.Module, spec: ModelSpec) -> No
     if isinstance(record, FiltrationRecord) and record.classes != spec.class_ids:
         raise LinfiltError(f"the model's outputs are classes {list(record.classes)} but the spec says "
                            f"{list(spec.class_ids)}: after linfilt.unlearn save with spec.after_unlearn(model)")
-    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+    # the head's class-id buffer is left out: the spec holds the ids (load_model puts it back)
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()
+               if k.rpartition(".")[2] != CLASSES_BUFFER}
     _check_tensors(_build(spec).state_dict(), tensors)
     bad = _non_finite(tensors)
     if bad:
@@ -378,6 +387,12 @@ def load_model(path: str | os.PathLike) -> tuple[nn.Module, ModelSpec]:
     if any(t.is_meta for t in (*model.parameters(), *model.buffers())):
         raise ModelFormatError(f"{path}: architecture {spec.arch!r} has state that the file cannot hold")
     setattr(model, RECORD_ATTR, spec.record())
+    head = spec.history[-1].head if spec.history else None
+    with contextlib.suppress(AttributeError):  # a head the architecture lacks gets no buffer
+        module = None if head is None else model.get_submodule(head)
+        if isinstance(module, nn.Linear) and spec.class_ids != tuple(range(spec.num_classes)):
+            # the class-id buffer, as linfilt.unlearn leaves it (where ids are not the positions)
+            set_classes(model, module, spec.class_ids)
     return model.eval(), spec
 
 

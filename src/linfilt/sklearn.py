@@ -26,8 +26,11 @@ from typing import Any
 import numpy as np
 from scipy.special import expit
 from sklearn.base import is_classifier
+from sklearn.calibration import CalibratedClassifierCV
 from sklearn.exceptions import NotFittedError
+from sklearn.multiclass import OneVsRestClassifier
 from sklearn.neural_network import MLPClassifier
+from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import LabelBinarizer
 from sklearn.utils import check_array
 from sklearn.utils.validation import check_is_fitted
@@ -52,9 +55,31 @@ _HIDDEN = {
 }
 
 
+def _wrapper_advice(estimator: Any) -> str | None:
+    """What to do instead for an estimator that wraps what linfilt filters, or None."""
+    if type(estimator).__module__.split(".")[0] == "skorch":
+        return ("it is a skorch net: unlearn its PyTorch module, net.module_ = linfilt.unlearn(net.module_, "
+                "forget, (X, y), keep_outputs=True); keep_outputs keeps the outputs (masking the forgotten "
+                "ones), so net.predict still returns class ids")
+    if isinstance(estimator, Pipeline):
+        return ("unlearn its last step on X transformed by the others: new = linfilt.sklearn.unlearn("
+                "pipe[-1], forget, pipe[:-1].transform(X), y), then put it back as the last step")
+    if isinstance(estimator, OneVsRestClassifier):
+        return ("its classes are scored by separate binary estimators (estimators_), not by one linear map; "
+                "use a classifier that scores all classes with coef_ (LogisticRegression, LinearSVC, "
+                "SGDClassifier are one-vs-rest inside)")
+    if isinstance(estimator, CalibratedClassifierCV):
+        return ("its predictions average calibrated copies of the estimator; unlearn the uncalibrated "
+                "estimator, then calibrate the result again")
+    return None
+
+
 def _check_supported(estimator: Any) -> None:
     """Raise a LinfiltError saying why `estimator` cannot be filtered, if it cannot."""
     name = type(estimator).__name__
+    advice = _wrapper_advice(estimator)
+    if advice is not None:
+        raise LinfiltError(f"{name} is not supported by linfilt.sklearn.unlearn: {advice}")
     unsupported = (
         f"{name} is not supported: linfilt.sklearn handles linear classifiers whose decision_function is "
         "X coef_^T + intercept_ (LogisticRegression, SGDClassifier, RidgeClassifier, LinearSVC, ...) and "

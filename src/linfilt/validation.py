@@ -103,6 +103,10 @@ def check_class_ids(ids: Any, name: str = "forget", *, num_classes: int | None =
     With num_classes the ids must lie in 0..num_classes-1. Repeats are an error, not merged: a
     repeated id usually means a typo in a deletion request.
     """
+    if hasattr(ids, "detach") and hasattr(ids, "dim"):  # a torch tensor: as its numpy array
+        ids = ids.detach().cpu().numpy()
+        if ids.ndim == 0:
+            ids = ids.reshape(1)
     if is_int(ids):
         items = [ids]
     elif isinstance(ids, (str, bytes, float, bool, np.bool_, np.floating)) or not isinstance(ids, Iterable):
