@@ -99,6 +99,11 @@ def test_filtered_logits_and_config(setup, tmp_path):
     again = linfilt.unlearn(loaded, [3], DataLoader(rest, batch_size=32))
     assert linfilt.classes_of(again) == (0, 2, 4)
     assert again.config.id2label == {0: "ant", 1: "cat", 2: "eel"}
+    # the steps travel in the config too: class 1's samples are skipped, not refused as unknown
+    assert [s["forgot"] for s in loaded.config.linfilt_steps] == [[1]]
+    with_forgotten = linfilt.unlearn(loaded, [3], loader)
+    assert [s.forgot for s in with_forgotten.linfilt_filtration.steps] == [(1,), (3,)]
+    torch.testing.assert_close(_logits(with_forgotten, inputs), _logits(again, inputs), rtol=0, atol=0)
 
 
 class AsTuple(torch.nn.Module):

@@ -209,11 +209,28 @@ def record_steps(model: Any, names: Mapping[int, str], new_steps: int) -> Filtra
                   for s in record.steps[len(old):])
     record = FiltrationRecord(record.classes, old + named)
     setattr(model, RECORD_ATTR, record)
+    store_steps(model, record)
+    return record
+
+
+def store_steps(model: Any, record: FiltrationRecord) -> None:
+    """Keep every step of `record` in the model's transformers config (if it has one) as JSON, so
+    the record survives save_pretrained -> from_pretrained."""
+    config = config_of(model)
+    if config is None:
+        return
     # JSON has no infinity: an infinite condition number is stored as null (read back as inf)
-    setattr(config_of(model), CONFIG_STEPS, [
+    setattr(config, CONFIG_STEPS, [
         {**dataclasses.asdict(s), "condition_number": None if math.isinf(s.condition_number) else s.condition_number}
         for s in record.steps])
-    return record
+
+
+def stored_record(model: Any) -> FiltrationRecord | None:
+    """The record a transformers model's config holds (after from_pretrained), or None."""
+    config = config_of(model)
+    if config is None or not getattr(config, CONFIG_STEPS, None):
+        return None
+    return config_record(config)
 
 
 def save_model_dir(model: Any, folder: Path, source: Path) -> None:

@@ -41,7 +41,8 @@ from linfilt.errors import LinfiltError
 from linfilt.filtration import (RECORD_ATTR, Filtration, FiltrationRecord, FiltrationStep, absorb,
                                 check_class_counts, check_forget, check_method_rng, compute_filtration,
                                 mean_logits, projection, select_per_class)
-from linfilt.hf import config_classes, config_of, describe_outputs, model_logits, split_batch
+from linfilt.hf import (config_classes, config_of, describe_outputs, model_logits, split_batch, store_steps,
+                        stored_record)
 from linfilt.validation import check_class_ids, check_labels, check_optional_positive_int, check_positive_int
 
 # The record's step under the name it had here before one record served every layer.
@@ -337,7 +338,9 @@ class _Outputs:
                     f"stale `{RECORD_ATTR}` / `{CLASSES_BUFFER}` to use output positions as class ids"
                 )
         record = getattr(model, RECORD_ATTR, None)
-        self.record = record if isinstance(record, FiltrationRecord) else FiltrationRecord(stored or tuple(range(width)))
+        if not isinstance(record, FiltrationRecord):  # lost with the attribute: a config may hold it
+            record = stored_record(model) or FiltrationRecord(stored or tuple(range(width)))
+        self.record = record
         masked = _masked_rows(self.head)
         self.live = np.flatnonzero(~masked)
         self.ids = np.asarray(self.record.classes, dtype=np.int64)[self.live]
@@ -623,6 +626,7 @@ def unlearn(
     if record.classes != tuple(range(new_head.out_features)):  # else output i is class i: no buffer,
         set_classes(new_model, new_head, record.classes)  # so keep_outputs' state_dict is the original's
     describe_outputs(new_model, rows.tolist(), record.classes)
+    store_steps(new_model, record)
     setattr(new_model, RECORD_ATTR, record)
     return new_model
 
