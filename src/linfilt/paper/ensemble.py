@@ -19,10 +19,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
-from linfilt.paper.models import GlobalMaxPool
+from linfilt.paper.models import GlobalMaxPool, TFSamePad2d
 
 # Layers that act per channel (or elementwise) and so work unchanged on M*C stacked channels.
-_PASS_THROUGH = (nn.ReLU, nn.Sigmoid, nn.MaxPool2d)
+_PASS_THROUGH = (nn.ReLU, nn.Sigmoid, nn.MaxPool2d, TFSamePad2d)
 
 
 def _to_grouped_layout(x: torch.Tensor) -> torch.Tensor:

@@ -125,6 +125,7 @@ class PopulationConfig:
         if self.strategy == "auto":
             chosen = FASTEST[device.type].get(self.arch, "loop")
             object.__setattr__(self, "strategy", chosen)
+        _check_precision(self.strategy, self.precision)
 
     def key(self) -> dict[str, Any]:
         """What the hash is made of: every field but `models`, the device by type only, the engine
@@ -140,6 +141,14 @@ class PopulationConfig:
     def digest(self) -> str:
         text = json.dumps(self.key(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _check_precision(strategy: str, precision: str) -> None:
+    if strategy == "vmap" and precision == "bf16":
+        # under torch.func.vmap, autocast leaves every layer's output float32 (PyTorch issue
+        # #192617): the models would train in a mix of precisions that no other strategy matches
+        raise LinfiltError("precision 'bf16' does not work with strategy 'vmap' (PyTorch's vmap "
+                           "leaves autocast's outputs in float32); use strategy 'grouped' or 'loop'")
 
 
 def run_dir(cfg: PopulationConfig, out: str | Path = "runs", experiment: str = "populations") -> Path:
@@ -360,6 +369,7 @@ def train_models(models: list[nn.Module], x: torch.Tensor, y: torch.Tensor, orde
     and the body stays in inference mode. With a `checkpoint` the state is saved after every epoch
     and training resumes from the saved one, to the same bits as if never stopped. Returns the
     models in eval mode."""
+    _check_precision(strategy, precision)
     saved = checkpoint.load() if checkpoint is not None else None
     if strategy == "loop":
         unit = int(saved["meta.unit"]) if saved is not None else 0

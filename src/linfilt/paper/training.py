@@ -84,9 +84,15 @@ def optimizer_tensors(opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
 
 def load_optimizer_tensors(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]) -> None:
     """Restore what `optimizer_tensors` gave (the hyperparameters stay the optimiser's own)."""
+    params = [p for group in opt.param_groups for p in group["params"]]
     state: dict[int, dict[str, torch.Tensor]] = {}
     for key, t in tensors.items():
         i, _, name = key.partition(".")
+        p = params[int(i)]
+        if t.shape == p.shape:
+            # a moment: in its parameter's memory layout, as Adam makes them (fused Adam walks the
+            # tensors' memory in step, so a channels_last weight with contiguous moments mixes elements)
+            t = torch.empty_like(p).copy_(t)
         state.setdefault(int(i), {})[name] = t
     opt.load_state_dict({"state": state, "param_groups": opt.state_dict()["param_groups"]})
 
