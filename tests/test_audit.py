@@ -127,6 +127,53 @@ def test_attack_sets_fixed_split_counts_and_sampling_modes():
                                   a[sets.model_train[sets.y_train == 1], sets.image_train[sets.y_train == 1]])
 
 
+def _image_sets(sets, y, side):
+    """Per model of population y (1 unlearned, 0 retrained) on one side: its images, as a set."""
+    ys, models, images = ((sets.y_train, sets.model_train, sets.image_train) if side == "train"
+                          else (sets.y_test, sets.model_test, sets.image_test))
+    return {int(m): frozenset(images[(ys == y) & (models == m)].tolist())
+            for m in np.unique(models[ys == y])}
+
+
+def test_authors_sampling_shares_one_subset_per_population_and_side():
+    rng = np.random.default_rng(4)
+    a, b = population(rng, 10, LABELS), population(rng, 20, LABELS)
+    for repeat in (0, 1):
+        sets = draw_attack_sets(a, b, LABELS, 2, seed=3, repeat=repeat, sampling="authors",
+                                train_samples=15, test_samples=25)
+        subsets = {}
+        for y in (0, 1):
+            for side, count in (("train", 15), ("test", 25)):
+                per_model = _image_sets(sets, y, side)
+                assert len(set(per_model.values())) == 1  # every model on that side: the same images
+                subsets[y, side] = next(iter(per_model.values()))
+                assert len(subsets[y, side]) == count  # without replacement
+                assert all(LABELS[i] == 2 for i in subsets[y, side])
+        # four independent draws of 15 or 25 of 40 images: not all equal
+        assert len(set(subsets.values())) == 4
+        np.testing.assert_array_equal(sets.x_test[sets.y_test == 0],
+                                      b[sets.model_test[sets.y_test == 0], sets.image_test[sets.y_test == 0]])
+    # ours (the default) draws a fresh subset per model: the models of one side differ
+    ours = draw_attack_sets(a, b, LABELS, 2, seed=3, train_samples=15, test_samples=25)
+    assert len(set(_image_sets(ours, 1, "train").values())) > 1
+    # a class with fewer images than asked for: every model gets all of them, either way
+    few = draw_attack_sets(a, b, LABELS, 2, seed=3, sampling="authors", train_samples=50, test_samples=50)
+    assert set(_image_sets(few, 0, "test").values()) == {frozenset(np.flatnonzero(LABELS == 2).tolist())}
+
+
+def test_authors_sampling_in_the_attack_and_its_check():
+    rng = np.random.default_rng(5)
+    a, b = population(rng, 10, LABELS, shift=3.0), population(rng, 10, LABELS)
+    res = attack_advantage(a, b, LABELS, [0], classes=[0, 1], sampling="authors", **SMALL)
+    sets = draw_attack_sets(a, b, LABELS, 0, sampling="authors", **SMALL)
+    clf = KNeighborsClassifier(5).fit(sets.x_train, sets.y_train)
+    assert res.advantages[0, 0, 0] == pytest.approx(2 * ((clf.predict(sets.x_test) == sets.y_test).mean() - 0.5))
+    ours = attack_advantage(a, b, LABELS, [0], classes=[0, 1], **SMALL)
+    assert not np.array_equal(res.advantages, ours.advantages)
+    with pytest.raises(LinfiltError, match="sampling must be one of"):
+        attack_advantage(a, b, LABELS, [0], sampling="paper")
+
+
 def test_attack_scores_exactly_the_sets_it_draws_in_every_repeat():
     rng = np.random.default_rng(12)
     a, b = population(rng, 10, LABELS, shift=0.7), population(rng, 10, LABELS)
@@ -308,6 +355,12 @@ def test_retained_accuracy_and_loss_on_hand_made_logits():
     lse = lambda z: math.log(sum(math.exp(v) for v in z))  # noqa: E731
     expect = (lse([0, 9, 0]) - 9 + lse([0, 0, 1]) - 1 + lse([3, 1, 0]) - 1) / 3
     np.testing.assert_allclose(res.loss, [expect])
+    # the authors' "before unlearning": every test image, the forgotten class' too
+    res = retained_accuracy_loss(full, labels, 3, [0], images="all")
+    np.testing.assert_allclose(res.accuracy, [3 / 4])  # image 0 ties: argmax picks class 0, right
+    np.testing.assert_allclose(res.loss, [(lse([0, 0, 0]) + 3 * expect) / 4])
+    with pytest.raises(LinfiltError, match="all k outputs"):
+        retained_accuracy_loss(filtered, labels, 3, [0], images="all")
 
 
 def test_labels_changed_on_hand_made_predictions():

@@ -5,7 +5,7 @@ import re
 import numpy as np
 import pytest
 
-from linfilt.audit import AttackResult, Summary, attack_advantage, difference, floor_advantage
+from linfilt.audit import AUTHORS_CLASSIFIERS, AttackResult, Summary, attack_advantage, difference, floor_advantage
 import linfilt.cli.audit
 from linfilt.cli import main
 
@@ -65,6 +65,19 @@ def test_audit_numbers_are_the_library_attack_on_the_same_splits(files, capsys):
     mean = got["advantage"]["leaky"]["forgotten"]["NN"]["mean"]
     assert re.search(rf"\| leaky \| forgotten \| {mean:.3f} \[", printed)
     assert "| floor | retained |" in printed and "| clean − leaky | forgotten |" in printed
+
+
+def test_authors_sampling_and_samme_r_reach_the_library(files, capsys):
+    tmp, arrays, paths = files
+    out = tmp / "audit.json"
+    assert _audit(paths, "--sampling", "authors", "--adaboost", "SAMME.R", "--json", str(out)) == 0
+    got = json.loads(out.read_text())
+    kw = dict(repeats=3, seed=4, train_samples=SAMPLES, test_samples=SAMPLES)
+    theirs = attack_advantage(arrays["leaky"], arrays["retrained"], LABELS, [0], sampling="authors",
+                              classifiers=AUTHORS_CLASSIFIERS, **kw)
+    np.testing.assert_array_equal(AttackResult.from_json(got["attacks"]["leaky"]).advantages, theirs.advantages)
+    ours = attack_advantage(arrays["leaky"], arrays["retrained"], LABELS, [0], **kw)
+    assert not np.array_equal(ours.advantages, theirs.advantages)
 
 
 def test_retained_samples_is_the_per_class_count(files, capsys):

@@ -3,6 +3,7 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from linfilt.paper import models
@@ -51,6 +52,39 @@ def test_att_resnet_shapes_and_keras_batchnorm():
     torch.testing.assert_close(bn.running_mean, expected, rtol=1e-4, atol=1e-7)
     assert bn.eps == 1e-3
     assert x.shape == (4, 1, 112, 92)
+
+
+def test_att_resnet_authors_variant_block_structure():
+    torch.manual_seed(0)
+    ours, theirs = models.build("att_resnet", 40), models.build("att_resnet", 40, variant="authors")
+    # ours keeps the stored models' layout: no conv bias, no extra layer
+    assert not any(k.endswith("bias") and "conv" in k for k in ours.state_dict())
+    assert all(b.relu_mid is None for b in ours.body if isinstance(b, models.ResidualBlock))
+    # the authors': every convolution has a bias, every block a ReLU after its second BatchNorm
+    convs = [m for m in theirs.modules() if isinstance(m, nn.Conv2d)]
+    assert len(convs) == 1 + 3 * 5 and all(c.bias is not None and c.padding == (0, 0) for c in convs)
+    block = theirs.body[3]
+    with torch.no_grad():
+        for p in block.parameters():
+            p.normal_()  # non-zero biases, BatchNorm shifts that make negative values
+    block.eval()
+    x = torch.randn(2, 8, 56, 46)
+    seen = {}
+    block.relu_mid.register_forward_hook(lambda mod, inp, out: seen.update(inp=inp[0], out=out))
+    out = block(x)
+    assert (seen["inp"] < 0).any() and (seen["out"] >= 0).all()
+    # the block by hand: TF "same" padding on even sizes is (0, 1) for stride 2, (1, 1) for stride 1
+    conv1, conv2, short = block.conv1[1], block.conv2[1], block.short_conv[1]
+    y = torch.relu(block.bn1(F.conv2d(F.pad(x, (0, 1, 0, 1)), conv1.weight, conv1.bias, stride=2)))
+    y = torch.relu(block.bn2(F.conv2d(F.pad(y, (1, 1, 1, 1)), conv2.weight, conv2.bias)))
+    s = block.short_bn(F.conv2d(F.pad(x, (0, 1, 0, 1)), short.weight, short.bias, stride=2))
+    torch.testing.assert_close(out, torch.relu(y + s))
+    assert out.shape == (2, 16, 28, 23)
+    # odd sizes pad (1, 1) at stride 2, as TensorFlow does: 23 -> 12
+    assert models.TFSamePad2d(3, 2)(torch.zeros(1, 1, 7, 23)).shape == (1, 1, 9, 25)
+    assert theirs(torch.rand(2, 1, 112, 92)).shape == (2, 40)
+    with pytest.raises(LinfiltError, match="variant must be one of"):
+        models.build("att_resnet", 40, variant="keras")
 
 
 def test_initialize_is_seeded_glorot_uniform_with_zero_bias():

@@ -10,6 +10,10 @@ a library"): for each true class c, logit vectors of unlearned models on images 
 and are scored on the vectors of the other group, so no model ever contributes to both sides.
 Advantage = 2 (accuracy - 1/2).
 
+Image sampling: "ours" (the default) draws a fresh subset of a class' images for every model;
+"authors" draws one subset per (population, side) that every model on that side shares, as the
+authors' scripts did (`SAMPLING` says more).
+
 Repeats re-draw the model split (a random permutation of each population's model indices; repeat
 0 may keep the paper's fixed "first 30% are test models" split) and the images. Their interval
 describes how much the advantage moves with the attack's split and samples for THESE two
@@ -32,12 +36,15 @@ from scipy import stats
 from sklearn.ensemble import AdaBoostClassifier, RandomForestClassifier
 from sklearn.neighbors import KNeighborsClassifier
 
+from linfilt.attacks import samme_r
 from linfilt.errors import LinfiltError
 from linfilt.filtration import retained_classes
 from linfilt.validation import check_class_ids, check_labels, check_n_jobs, is_int
 
 __all__ = [
+    "AUTHORS_CLASSIFIERS",
     "DEFAULT_CLASSIFIERS",
+    "SAMPLING",
     "AccuracyLoss",
     "AttackResult",
     "AttackSets",
@@ -108,6 +115,22 @@ DEFAULT_CLASSIFIERS: Mapping[str, ClassifierFactory] = {
     "RF": _random_forest,
     "AB": _adaboost,
 }
+
+# How each model's images of the attacked class are drawn, per side of the attack (with
+# `replace=False`, a uniformly random subset of `count` images, all of them when there are fewer):
+SAMPLING: Mapping[str, str] = {
+    # Ours: a fresh subset for every model, so the attack sees as many different images as it can.
+    "ours": "a fresh random subset of the class' images for every model",
+    # The authors' scripts: one subset per (population, side), shared by all models on that side
+    # (the first `count` of a permutation of the class' images: no replacement, all images when
+    # there are fewer); the unlearned and retrained populations and the training and test sides
+    # draw independently, so a side's subsets may overlap the other side's.
+    "authors": "one random subset per population and side, shared by all its models",
+}
+
+# The same attacks as the authors' 2020 scikit-learn ran them: AdaBoost's default then was
+# SAMME.R, which scikit-learn >= 1.6 no longer has (linfilt.attacks.SammeR reimplements it).
+AUTHORS_CLASSIFIERS: Mapping[str, ClassifierFactory] = {**DEFAULT_CLASSIFIERS, "AB": samme_r}
 
 # Sample counts: one for every class, or {class id: count} naming every attacked class.
 Samples = int | Mapping[int, int]
@@ -235,17 +258,21 @@ def _draw(
     pool: np.ndarray,
     count: int,
     replace: bool,
+    shared: bool,
     rng: np.random.Generator,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """`count` images of `pool` per model, for all models at once: (vectors, model ids, image ids)."""
+    """`count` images of `pool` per model, for all models at once: (vectors, model ids, image ids).
+    shared: one draw that every model uses (the authors' sampling), else one draw per model."""
+    rows = 1 if shared else models.size
     if replace:
-        draw = rng.integers(pool.size, size=(models.size, count))
+        draw = rng.integers(pool.size, size=(rows, count))
     elif count >= pool.size:
         # Fewer images than asked for (AT&T: 10 per person): every image once per model.
-        draw = np.broadcast_to(np.arange(pool.size), (models.size, pool.size))
+        draw = np.broadcast_to(np.arange(pool.size), (rows, pool.size))
     else:
         # The `count` smallest of i.i.d. uniforms are a uniformly random subset, per row.
-        draw = np.argpartition(rng.random((models.size, pool.size)), count - 1, axis=1)[:, :count]
+        draw = np.argpartition(rng.random((rows, pool.size)), count - 1, axis=1)[:, :count]
+    draw = np.broadcast_to(draw, (models.size, draw.shape[1]))
     images = pool[draw]
     vectors = logits[models[:, None], images]
     return (
@@ -265,6 +292,7 @@ def _attack_sets(
     replace: bool,
     disjoint_images: bool,
     test_fraction: float,
+    sampling: str,
     rng: np.random.Generator,
 ) -> AttackSets:
     if disjoint_images:
@@ -284,7 +312,8 @@ def _attack_sets(
         for label, logits, order, n_test in ((1, unlearned, orders[0], n_tests[0]),
                                              (0, retrained, orders[1], n_tests[1])):
             models = order[n_test:] if side == 0 else order[:n_test]
-            x, m, i = _draw(logits, models, pools[side], counts[side], replace, rng)
+            x, m, i = _draw(logits, models, pools[side], counts[side], replace,
+                            sampling == "authors", rng)
             parts.append((x, np.full(len(x), label, dtype=np.int64), m, i))
         sides.append([np.concatenate(col) for col in zip(*parts)])
     return AttackSets(*sides[0], *sides[1])
@@ -318,6 +347,7 @@ def draw_attack_sets(
     test_samples: Samples = 150,
     replace: bool = False,
     disjoint_images: bool = False,
+    sampling: str = "ours",
 ) -> AttackSets:
     """The data that `attack_advantage`, with the same arguments, attacks for class `cls` in
     repeat `repeat`: for inspecting an attack or running one of your own."""
@@ -326,6 +356,7 @@ def draw_attack_sets(
     _same_images(unlearned, retrained, ("unlearned", "retrained"))
     labels = _labels(labels, unlearned.shape[1])
     _check_fraction(test_fraction)
+    _check_sampling(sampling)
     n_tests = (
         _split_sizes(unlearned.shape[0], test_fraction, "unlearned"),
         _split_sizes(retrained.shape[0], test_fraction, "retrained"),
@@ -334,12 +365,18 @@ def draw_attack_sets(
     entropy = _entropy(seed)
     orders = _orders(entropy, repeat, fixed_first, (unlearned.shape[0], retrained.shape[0]))
     return _attack_sets(unlearned, retrained, _class_images(labels, cls), orders, n_tests, counts,
-                        replace, disjoint_images, test_fraction, _class_rng(entropy, repeat, cls))
+                        replace, disjoint_images, test_fraction, sampling,
+                        _class_rng(entropy, repeat, cls))
 
 
 def _check_repeats(repeats: int) -> None:
     if isinstance(repeats, bool) or not isinstance(repeats, (int, np.integer)) or repeats < 1:
         raise LinfiltError(f"repeats must be a positive integer, got {repeats!r}")
+
+
+def _check_sampling(sampling: str) -> None:
+    if not isinstance(sampling, str) or sampling not in SAMPLING:
+        raise LinfiltError(f"sampling must be one of {sorted(SAMPLING)}, got {sampling!r}")
 
 
 def _check_fraction(test_fraction: float) -> None:
@@ -543,6 +580,7 @@ def attack_advantage(
     test_samples: Samples = 150,
     replace: bool = False,
     disjoint_images: bool = False,
+    sampling: str = "ours",
     interval: str = "percentile",
     level: float = 0.95,
     n_jobs: int = 1,
@@ -562,6 +600,8 @@ def attack_advantage(
     both sides (the paper's reading; `disjoint_images=True` instead splits c's images
     `test_fraction` / rest between the sides). When c has fewer images than asked for, each model
     gives every image once; `replace=True` draws with replacement instead, always.
+    sampling: "ours" draws every model's images independently; "authors" draws one set per
+    population and side, shared by its models (see `SAMPLING`).
     classifiers: name -> factory(seed) (default `DEFAULT_CLASSIFIERS`); n_jobs runs (repeat, class)
     tasks in parallel without changing any number; progress() is called after each task.
     """
@@ -571,6 +611,7 @@ def attack_advantage(
     labels = _labels(labels, unlearned.shape[1])
     forget_t = _forget(forget)
     _check_fraction(test_fraction)
+    _check_sampling(sampling)
     _check_repeats(repeats)
     estimate(np.zeros(1), interval=interval, level=level)  # validates interval and level up front
     classifiers = dict(DEFAULT_CLASSIFIERS if classifiers is None else classifiers)
@@ -606,7 +647,7 @@ def attack_advantage(
             for c in chosen:
                 rng = _class_rng(entropy, r, c)
                 sets = _attack_sets(unlearned, retrained, images[c], orders, n_tests, counts[c],
-                                    replace, disjoint_images, test_fraction, rng)
+                                    replace, disjoint_images, test_fraction, sampling, rng)
                 yield sets, int(rng.integers(2**31 - 1))
 
     results = []
@@ -709,19 +750,28 @@ def _log_softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def retained_accuracy_loss(
-    logits: np.ndarray, labels: np.ndarray, num_classes: int, forget: int | Iterable[int]
+    logits: np.ndarray, labels: np.ndarray, num_classes: int, forget: int | Iterable[int],
+    *, images: str = "retained",
 ) -> AccuracyLoss:
     """Tables 8 and 10: accuracy and cross-entropy on the test images of retained classes only.
 
     logits (M, n, k'): k' = k - |forget| for unlearned or retrained models (softmax over the
     remaining logits), or k' = k for the model before unlearning (softmax over all k, so
     predicting a forgotten class counts as an error).
+    images="all" scores every test image instead, as the authors' scripts scored the model before
+    unlearning (the paper's "before unlearning" row); it needs all k outputs.
     """
     logits = check_population("logits", logits)
     labels = _labels(labels, logits.shape[1])
     forget_t = _forget(forget)
     outputs = _output_classes(logits.shape[2], num_classes, forget_t)
-    keep = np.flatnonzero(~np.isin(labels, forget_t))
+    if images not in ("retained", "all"):
+        raise LinfiltError(f"images must be 'retained' or 'all', got {images!r}")
+    if images == "all" and outputs.size != num_classes:
+        raise LinfiltError("images='all' needs logits with all k outputs (a model before unlearning): "
+                           "a model without the forgotten classes cannot be right on their images")
+    keep = (np.arange(labels.size) if images == "all"
+            else np.flatnonzero(~np.isin(labels, forget_t)))
     if keep.size == 0:
         raise LinfiltError("no test image of a retained class; check labels and forget")
     position = np.full(max(num_classes, int(labels.max()) + 1), -1)

@@ -45,6 +45,12 @@ def register(sub) -> None:
                    help="images per model per side for retained classes (default: --samples; "
                         "the paper's MNIST used 100)")
     p.add_argument("--seed", type=int, default=0, help="seed of the model splits and image draws (default 0)")
+    p.add_argument("--sampling", choices=sorted(audit.SAMPLING), default="ours",
+                   help="image sampling: ours (default: a fresh subset per model) or authors (one "
+                        "subset per population and side, shared by its models, as the paper's scripts)")
+    p.add_argument("--adaboost", choices=("SAMME", "SAMME.R"), default="SAMME",
+                   help="the AB attack: SAMME (scikit-learn's today, default) or SAMME.R (its default "
+                        "in 2020, which the paper used; linfilt.attacks.SammeR)")
     p.add_argument("--jobs", type=int, default=1, help="parallel attack fits (default 1; -1: all cores)")
     p.add_argument("--per-class", action="store_true", help="also print every class' advantage")
     p.add_argument("--json", metavar="PATH", help="also write every number to this JSON file")
@@ -144,7 +150,9 @@ def run(args: argparse.Namespace) -> int:
     rows = len(candidates) + bool(args.retrained2)
     bar = tqdm(total=rows * args.repeats * len(np.unique(labels)), desc="audit", unit="attack")
     kw = dict(repeats=args.repeats, seed=args.seed, train_samples=samples, test_samples=samples,
-              n_jobs=args.jobs, progress=lambda: bar.update())
+              n_jobs=args.jobs, progress=lambda: bar.update(), sampling=args.sampling,
+              classifiers=(audit.AUTHORS_CLASSIFIERS if args.adaboost == "SAMME.R"
+                           else audit.DEFAULT_CLASSIFIERS))
     attacks = {name: audit.attack_advantage(logits, retrained, labels, args.forget, **kw)
                for name, logits in candidates.items()}
     if args.retrained2:

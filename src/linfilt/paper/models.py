@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from typing import Any, Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from linfilt.errors import LinfiltError
@@ -44,6 +45,44 @@ def _activation(value: Any, name: str) -> str:
     if not isinstance(value, str) or value not in ACTIVATIONS:
         raise LinfiltError(f"{name} must be one of {sorted(ACTIVATIONS)}, got {reprlib.repr(value)}")
     return value
+
+
+# AttResNet variants: "ours" (the default, and what the stored results used) or "authors" (their
+# Keras code: conv biases, TF "same" padding, a ReLU after the second BatchNorm of a block).
+RESNET_VARIANTS = ("ours", "authors")
+
+
+def _variant(value: Any, name: str) -> str:
+    if not isinstance(value, str) or value not in RESNET_VARIANTS:
+        raise LinfiltError(f"{name} must be one of {list(RESNET_VARIANTS)}, got {reprlib.repr(value)}")
+    return value
+
+
+class TFSamePad2d(nn.Module):
+    """Zero padding as TensorFlow's padding="same" pads before a convolution (kernel, stride):
+    the output has ceil(size / stride) rows and columns and an odd total padding puts its extra
+    row / column at the bottom / right (PyTorch's symmetric padding=1 shifts a stride-2 grid by one
+    pixel on even sizes). It acts per channel, with no parameters."""
+
+    def __init__(self, kernel: int, stride: int = 1) -> None:
+        super().__init__()
+        self.kernel, self.stride = kernel, stride
+
+    def _pads(self, size: int) -> tuple[int, int]:
+        total = max(self.kernel - (self.stride if size % self.stride == 0 else size % self.stride), 0)
+        return total // 2, total - total // 2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        top, bottom = self._pads(x.shape[-2])
+        left, right = self._pads(x.shape[-1])
+        return F.pad(x, (left, right, top, bottom))
+
+
+def _conv(cin: int, cout: int, kernel: int, stride: int, variant: str) -> nn.Module:
+    """Ours: symmetric padding, no bias (BatchNorm follows). Authors': TF "same" padding, a bias."""
+    if variant == "ours":
+        return nn.Conv2d(cin, cout, kernel, stride=stride, padding=kernel // 2, bias=False)
+    return nn.Sequential(TFSamePad2d(kernel, stride), nn.Conv2d(cin, cout, kernel, stride=stride))
 
 
 class GlobalMaxPool(nn.Module):
@@ -89,42 +128,49 @@ class CifarCNN(nn.Module):
 
 
 class ResidualBlock(nn.Module):
-    """Downsampling block: two 3x3 convs (the first strided) with BatchNorm; strided 3x3 conv shortcut."""
+    """Downsampling block: two 3x3 convs (the first strided) with BatchNorm; strided 3x3 conv shortcut.
+    variant "authors" adds their ReLU after the second BatchNorm, before the sum (`relu_mid`)."""
 
-    def __init__(self, cin: int, cout: int) -> None:
+    def __init__(self, cin: int, cout: int, variant: str = "ours") -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride=2, padding=1, bias=False)
+        self.conv1 = _conv(cin, cout, 3, 2, variant)
         self.bn1 = nn.BatchNorm2d(cout, eps=BN_EPS, momentum=BN_MOMENTUM)
         self.relu1 = nn.ReLU()
-        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
+        self.conv2 = _conv(cout, cout, 3, 1, variant)
         self.bn2 = nn.BatchNorm2d(cout, eps=BN_EPS, momentum=BN_MOMENTUM)
-        self.short_conv = nn.Conv2d(cin, cout, 3, stride=2, padding=1, bias=False)
+        # None in ours: no module, so the grouped ensemble and stored state dicts see no new layer
+        self.relu_mid = nn.ReLU() if variant == "authors" else None
+        self.short_conv = _conv(cin, cout, 3, 2, variant)
         self.short_bn = nn.BatchNorm2d(cout, eps=BN_EPS, momentum=BN_MOMENTUM)
         self.relu2 = nn.ReLU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.bn2(self.conv2(self.relu1(self.bn1(self.conv1(x)))))
+        if self.relu_mid is not None:
+            y = self.relu_mid(y)
         return self.relu2(y + self.short_bn(self.short_conv(x)))
 
 
 class AttResNet(nn.Module):
     """AT&T faces ResNet: Conv(8,5x5)+BN+ReLU, 5 blocks of 16..256 channels, global max pool, Dense.
 
-    Convolutions followed by BatchNorm have no bias (BatchNorm's shift replaces it). A bias there
-    has zero gradient in exact arithmetic, so Adam would turn rounding noise into lr-sized steps
-    of it, and the lagging running mean would carry that noise into the model's predictions.
+    variant "ours" (the default): convolutions followed by BatchNorm have no bias (BatchNorm's
+    shift replaces it). A bias there has zero gradient in exact arithmetic, so Adam would turn
+    rounding noise into lr-sized steps of it, and the lagging running mean would carry that noise
+    into the model's predictions. Padding is symmetric. variant "authors" builds the authors' Keras
+    network instead: conv biases, TF "same" padding, the extra ReLU in each block.
     """
 
     def __init__(self, num_classes: int = 40, in_channels: int = 1,
-                 widths: tuple[int, ...] = (16, 32, 64, 128, 256)) -> None:
+                 widths: tuple[int, ...] = (16, 32, 64, 128, 256), variant: str = "ours") -> None:
         super().__init__()
         layers: list[nn.Module] = [
-            nn.Conv2d(in_channels, 8, 5, padding=2, bias=False),
+            _conv(in_channels, 8, 5, 1, variant),
             nn.BatchNorm2d(8, eps=BN_EPS, momentum=BN_MOMENTUM), nn.ReLU(),
         ]
         cin = 8
         for w in widths:
-            layers.append(ResidualBlock(cin, w))
+            layers.append(ResidualBlock(cin, w, variant))
             cin = w
         layers.append(GlobalMaxPool())
         self.body = nn.Sequential(*layers)
@@ -144,7 +190,7 @@ ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
 _SETTINGS: dict[str, dict[str, Callable[[Any, str], Any]]] = {
     "mlp": {"in_features": _size, "hidden": _sizes, "activation": _activation},
     "cifar_cnn": {"p": _size, "in_channels": _size},
-    "att_resnet": {"in_channels": _size, "widths": _sizes},
+    "att_resnet": {"in_channels": _size, "widths": _sizes, "variant": _variant},
 }
 
 

@@ -13,6 +13,7 @@ import numpy as np
 
 from linfilt.atomic import atomic_path, write_bytes
 from linfilt.paper.experiments import paper
+from linfilt.paper.experiments.fidelity import SAMPLINGS, FidelityResult
 from linfilt.paper.experiments.inversion import InversionResult, markdown
 from linfilt.paper.experiments.runner import ExperimentResult
 from linfilt.paper.experiments.spec import ARTIFACTS, Artifact, parse_method
@@ -29,13 +30,26 @@ def _row_name(label: str) -> str:
 
 def scale_line(result: ExperimentResult) -> str:
     exp = result.experiment
+    protocol = ("" if exp.protocol == "ours" else
+                " Attack protocol: the authors' (one image subset per population and side, AdaBoost "
+                "SAMME.R" + (", their ResNet" if exp.dataset == "att_faces" else "")
+                + "); after each cell, the paper's single run on the fixed split.")
     return (f"*{exp.note}. Scale: {exp.models} models per population, {exp.trained_epochs} epochs, "
             f"{exp.repeats} attack repeats, on {result.device}"
-            f"{' (the paper’s full scale)' if exp.full_scale else ' (paper: 100 models per population)'}.*")
+            f"{' (the paper’s full scale)' if exp.full_scale else ' (paper: 100 models per population)'}."
+            f"{protocol}*")
+
+
+def _cell(estimate, with_fixed: bool) -> str:
+    """An advantage cell; with_fixed adds the fixed-split run (repeat 0) that the paper reports."""
+    if with_fixed and estimate.fixed is not None:
+        return f"{estimate} · fixed {estimate.fixed:.3f}"
+    return str(estimate)
 
 
 def advantage_table(result: ExperimentResult, rows: list[str], paper_rows: Mapping | None) -> str:
     """Our mean advantage [95% interval over attack repeats] and the paper's, per group."""
+    with_fixed = result.experiment.protocol == "authors"
     head = "| | " + " | ".join(CLASSIFIERS) + " | paper " + " | paper ".join(CLASSIFIERS) + " |"
     lines = []
     for group, paper_group, title in GROUPS:
@@ -45,7 +59,7 @@ def advantage_table(result: ExperimentResult, rows: list[str], paper_rows: Mappi
                 continue
             ours = getattr(result.advantage[row], group)
             theirs = (paper_rows or {}).get((paper_group, row))
-            cells = [str(ours[c]) for c in CLASSIFIERS]
+            cells = [_cell(ours[c], with_fixed) for c in CLASSIFIERS]
             cells += [f"{v:.3f}" for v in theirs] if theirs else ["—"] * len(CLASSIFIERS)
             lines.append(f"| {_row_name(row)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -67,13 +81,19 @@ def difference_table(result: ExperimentResult, rows: list[str]) -> str:
 
 
 def accuracy_table(result: ExperimentResult, rows: list[str], paper_rows: Mapping | None) -> str:
-    names = {"before": "before unlearning (all k outputs)", "retrained": "retrained (baseline)"}
+    """Accuracy and loss on retained-class images; the model before unlearning on every test image,
+    as the authors scored it (the paper's row), and on retained-class images only as an extra row."""
+    names = {"before_all": "before unlearning (all k outputs, all test images)",
+             "before": "before unlearning (all k outputs, retained-class images only)",
+             "retrained": "retrained (baseline)"}
     lines = ["| | accuracy % | loss | paper accuracy % | paper loss |", "|---|---|---|---|---|"]
-    for row in ["before", "retrained"] + rows:
+    for row in ["before_all", "before", "retrained"] + rows:
         ours = result.accuracy.get(row)
         if ours is None:
             continue
-        theirs = (paper_rows or {}).get(row)
+        theirs = (paper_rows or {}).get("before" if row == "before_all" else row)
+        if row == "before" and "before_all" in result.accuracy:
+            theirs = None  # the paper's number is the all-images one
         p = f"{theirs[0]:.1f} ± {theirs[1]:.2f} | {theirs[2]:.2f} ± {theirs[3]:.2f}" if theirs else "— | —"
         lines.append(f"| {names.get(row, _row_name(row))} | {100 * ours['accuracy_mean']:.1f} ± "
                      f"{100 * ours['accuracy_std']:.2f} | {ours['loss_mean']:.3f} ± {ours['loss_std']:.3f} | {p} |")
@@ -169,3 +189,48 @@ def render_inversion(artifacts: list[str], result: InversionResult, folder: Path
         write_bytes(figures_dir / f"{name}.png", (folder / f"{name}.png").read_bytes())
         lines.append(f"![{name}]({name}.png)")
     return "\n".join(lines + ["", markdown(result.similarities, result.target_probability), ""])
+
+
+def render_fidelity(result: FidelityResult) -> str:
+    """The fidelity study: per row, each (population seed, sampling, split) with NN, RF and AdaBoost
+    under both algorithms, and the paper's numbers (its AdaBoost was SAMME.R)."""
+    exp = result.experiment
+    seeds = sorted({key[0] for key in result.attacks})
+    rows = list(dict.fromkeys(key[3] for key in result.attacks))
+    columns = [("NN", "SAMME"), ("RF", "SAMME"), ("AB", "SAMME"), ("AB", "SAMME.R")]
+    names = ["NN", "RF", "AB SAMME", "AB SAMME.R"]
+    out = ["## Fidelity: how far each protocol choice moves the MNIST advantages", "",
+           f"*{exp.note}; {exp.models} models per population, {exp.trained_epochs} epochs, on "
+           f"{result.device}. Each line is one attack protocol on one pair of populations (population "
+           f"seed: the seed of the trained and retrained populations, {exp.seed} being the stored "
+           f"ones). Sampling: ours draws a fresh image subset per model, the authors' one subset per "
+           f"population and side. Split: the paper's fixed split (first 30% of models are test "
+           f"models; one run, what the paper reports) or the mean of {exp.repeats} repeats "
+           f"[95% percentile interval] (repeat 0 is the fixed split, later ones random splits). "
+           f"AB SAMME is scikit-learn's AdaBoost today, AB SAMME.R its default in 2020 "
+           f"(linfilt.attacks.SammeR). NN and RF do not depend on the AdaBoost algorithm.*", ""]
+    head = ("| population seed | sampling | split | " + " | ".join(f"unl. {n}" for n in names) + " | "
+            + " | ".join(f"rem. {n}" for n in names) + " |")
+    for row in rows:
+        theirs = {g: paper.MNIST_ADVANTAGE.get((g, row)) for g in ("unlearned", "remaining")}
+        out += [f"**{_row_name(row)}**", "", head, "|---" * (3 + 2 * len(columns)) + "|"]
+        for seed in seeds:
+            for sampling in SAMPLINGS:
+                for split in ("fixed", "mean"):
+                    cells = []
+                    for group in ("forgotten", "retained"):
+                        for clf, algorithm in columns:
+                            est = result.estimate((seed, sampling, algorithm, row), group, clf)
+                            cells.append(f"{est.fixed:.3f}" if split == "fixed" else str(est))
+                    split_name = "fixed split" if split == "fixed" else f"mean of {exp.repeats}"
+                    out.append(f"| {seed} | {sampling} | {split_name} | " + " | ".join(cells) + " |")
+        paper_cells = []
+        for group in ("unlearned", "remaining"):
+            nn_, rf, ab = theirs[group] if theirs[group] else ("—",) * 3
+            paper_cells += [_fmt(nn_), _fmt(rf), "—", _fmt(ab)]
+        out += ["| paper | | one run | " + " | ".join(paper_cells) + " |", ""]
+    return "\n".join(out)
+
+
+def _fmt(value) -> str:
+    return value if isinstance(value, str) else f"{value:.3f}"

@@ -4,14 +4,15 @@ from __future__ import annotations
 import argparse
 
 from linfilt.paper.experiments.reproduce import reproduce
-from linfilt.paper.settings import INVERSION, PROTOCOL, REPEATS
+from linfilt.paper.settings import ATTACK_PROTOCOLS, INVERSION, PROTOCOL, REPEATS
 
 _EPOCHS = ", ".join(f"{name} {p['epochs']}" for name, p in PROTOCOL.items() if name != "digits")
 
 
 def add_scale_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("artifacts", nargs="+", metavar="ARTEFACT",
-                   help="table1 .. table10, figure1, figure3, figure5, figure6, or all")
+                   help="table1 .. table10, figure1, figure3, figure5, figure6, or all (the paper's); "
+                        "fidelity (how far each attack protocol choice moves the MNIST numbers)")
     p.add_argument("--models", type=int, help="models per population (paper: 100)")
     p.add_argument("--epochs", type=int, help=f"training epochs (default: the paper's, {_EPOCHS}; "
                                               f"inversion MLP {INVERSION['epochs']})")
@@ -19,6 +20,10 @@ def add_scale_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument("--out", default="runs", help="results folder (default ./runs)")
     p.add_argument("--report-dir", help="where report.md and its figures go (default: --out)")
+    p.add_argument("--protocol", choices=sorted(ATTACK_PROTOCOLS), default="ours",
+                   help="attack protocol: ours (default: a fresh image subset per model, AdaBoost "
+                        "SAMME) or authors (their scripts: one image subset per population and side, "
+                        "AdaBoost SAMME.R, their AT&T ResNet; the report adds the fixed-split run)")
     p.add_argument("--print", action="store_true", dest="print_report", help="also print the report")
 
 
@@ -34,7 +39,7 @@ def register(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     report = reproduce(args.artifacts, args.out, models=args.models, epochs=args.epochs,
                        repeats=args.repeats, device=args.device, n_jobs=args.jobs,
-                       report_dir=args.report_dir)
+                       report_dir=args.report_dir, protocol=args.protocol)
     if args.print_report:
         print(report.read_text())
     print(f"report written to {report}")

@@ -9,41 +9,52 @@ from typing import Sequence
 from linfilt.atomic import write_text
 from linfilt.errors import CorruptFileError, LinfiltError
 from linfilt.outputs import check_output_dir, check_output_file
-from linfilt.paper.experiments import inversion
-from linfilt.paper.experiments.runner import ExperimentResult, read_result, result_dir, run_experiment
+from linfilt.paper.experiments import fidelity, inversion
+from linfilt.paper.experiments.runner import (ExperimentResult, read_result, result_dir, run_experiment,
+                                              with_before_all)
 from linfilt.paper.experiments.spec import ARTIFACTS, EXPERIMENTS, Experiment
-from linfilt.paper.report import figures, render, render_inversion
-from linfilt.paper.settings import FASTEST
+from linfilt.paper.report import figures, render, render_fidelity, render_inversion
+from linfilt.paper.settings import ATTACK_PROTOCOLS, FASTEST, FIDELITY
 from linfilt.paper.training import check_device
 from linfilt.validation import check_n_jobs, check_optional_positive_int
 
 
+# Not one of the paper's artefacts (so not in "all"): the study of our protocol choices.
+FIDELITY_NAME = "fidelity"
+
+
 def resolve(names: Sequence[str]) -> list[str]:
-    """Artefact names in paper order (tables, then figures); "all" expands; "table1".."figure6"."""
+    """Artefact names in paper order (tables, then figures), then "fidelity" if named; "all"
+    expands to the paper's artefacts; "table1".."figure6"."""
     chosen = set()
     for name in names:
         name = name.lower().replace(" ", "")
         if name == "all":
             chosen.update(ARTIFACTS)
-        elif name in ARTIFACTS:
+        elif name in ARTIFACTS or name == FIDELITY_NAME:
             chosen.add(name)
         else:
-            raise LinfiltError(f"unknown artefact {name!r}; choose from all, {', '.join(ARTIFACTS)}")
-    return [a for a in ARTIFACTS if a in chosen]
+            raise LinfiltError(f"unknown artefact {name!r}; choose from all, {', '.join(ARTIFACTS)}, "
+                               f"{FIDELITY_NAME}")
+    return [a for a in [*ARTIFACTS, FIDELITY_NAME] if a in chosen]
 
 
 def experiments_for(artifacts: Sequence[str], models: int | None, epochs: int | None,
-                    repeats: int | None) -> dict[str, Experiment]:
-    names = [n for a in artifacts for n in ARTIFACTS[a].experiments]
-    return {n: EXPERIMENTS[n].scaled(models, epochs, repeats) for n in dict.fromkeys(names)}
+                    repeats: int | None, protocol: str = "ours") -> dict[str, Experiment]:
+    names = [n for a in artifacts if a in ARTIFACTS for n in ARTIFACTS[a].experiments]
+    return {n: EXPERIMENTS[n].scaled(models, epochs, repeats, protocol) for n in dict.fromkeys(names)}
 
 
 def reproduce(artifacts: Sequence[str], out: str | Path = "runs", *, models: int | None = None,
               epochs: int | None = None, repeats: int | None = None, device: str = "cpu",
               n_jobs: int = 1, train: bool = True, progress: bool = True,
-              report_dir: str | Path | None = None) -> Path:
+              report_dir: str | Path | None = None, protocol: str = "ours") -> Path:
     """Run (train=True) or only read back (train=False) what `artifacts` need; write the report.
     Returns the report's path: `<report_dir>/report.md` (default `<out>/report.md`), figures beside it.
+
+    protocol: the attack protocol, "ours" or "authors" (settings.ATTACK_PROTOCOLS). "fidelity"
+    among the artefacts adds the fidelity study (linfilt.paper.experiments.fidelity) on the
+    default protocol.
 
     Every argument and output path is checked before the first experiment starts. The report and
     its figures are this function's products: they replace earlier ones, but never an input."""
@@ -51,22 +62,31 @@ def reproduce(artifacts: Sequence[str], out: str | Path = "runs", *, models: int
     for flag, value in (("--models", models), ("--epochs", epochs), ("--repeats", repeats)):
         check_optional_positive_int(value, flag)
     check_n_jobs(n_jobs, "--jobs")
+    if protocol not in ATTACK_PROTOCOLS:
+        raise LinfiltError(f"--protocol must be one of {sorted(ATTACK_PROTOCOLS)}, got {protocol!r}")
+    if FIDELITY_NAME in artifacts and protocol != "ours":
+        raise LinfiltError("fidelity compares the protocols itself: run it without --protocol")
     if train:
         _check_device(device)
         check_output_dir(out, flag="--out")
     out = Path(out)
     flag = "--out" if report_dir is None else "--report-dir"
     report_dir = check_output_dir(out if report_dir is None else report_dir, flag=flag)
-    experiments = experiments_for(artifacts, models, epochs, repeats)
-    inverted = [a for a in artifacts if ARTIFACTS[a].layout == "inversion"]
+    experiments = experiments_for(artifacts, models, epochs, repeats, protocol)
+    study = (EXPERIMENTS[FIDELITY["experiment"]].scaled(models, epochs, repeats)
+             if FIDELITY_NAME in artifacts else None)
+    inverted = [a for a in artifacts if a in ARTIFACTS and ARTIFACTS[a].layout == "inversion"]
     inversion_config = inversion.inversion_config(epochs=epochs)
     folder = inversion.result_dir(out, inversion_config, device)
     sources = [folder / f"{a}.png" for a in inverted]
-    written = [report_dir / "report.md", *(png for a in artifacts for png in figures(a, report_dir))]
+    written = [report_dir / "report.md",
+               *(png for a in artifacts if a in ARTIFACTS for png in figures(a, report_dir))]
     for path in written:
         check_output_file(path, flag=flag, inputs=sources, force=True)
 
     results: dict[str, ExperimentResult] = {}
+    scored = {n for a in artifacts if a in ARTIFACTS and ARTIFACTS[a].layout == "accuracy"
+              for n in ARTIFACTS[a].experiments}
     for name, exp in experiments.items():
         path = result_dir(exp, out, device) / "metrics.json"
         if train:
@@ -75,7 +95,12 @@ def reproduce(artifacts: Sequence[str], out: str | Path = "runs", *, models: int
             results[name] = read_result(path)
         else:
             raise LinfiltError(f"no finished results for {name} at this scale ({path} is missing); "
-                               "run `linfilt reproduce` with the same --models/--epochs/--repeats first")
+                               "run `linfilt reproduce` with the same --models/--epochs/--repeats"
+                               "/--protocol first")
+        if name in scored:  # Table 8 / 10's "before unlearning" row, from stored logits if need be
+            results[name] = with_before_all(results[name], out)
+    fidelity_result = (fidelity.run(study, out, device, train=train, n_jobs=n_jobs, progress=progress)
+                       if study is not None else None)
     # Every input is at hand before the first output is written: a missing one leaves no half report.
     inversion_result = (_inversion_result(folder, inversion_config, device, train, progress)
                         if inverted else None)
@@ -87,9 +112,12 @@ def reproduce(artifacts: Sequence[str], out: str | Path = "runs", *, models: int
                 "deals them into two random groups and attacks one against the other. Its expectation "
                 "is exactly 0; its interval shows how far an advantage moves where there is nothing "
                 "to find, including which models happen to form a population.", ""]
-    sections += [render(a, results, report_dir) for a in artifacts if ARTIFACTS[a].experiments]
+    sections += [render(a, results, report_dir) for a in artifacts
+                 if a in ARTIFACTS and ARTIFACTS[a].experiments]
     if inversion_result is not None:
         sections.append(render_inversion(inverted, inversion_result, folder, report_dir, device))
+    if fidelity_result is not None:
+        sections.append(render_fidelity(fidelity_result))
     report = report_dir / "report.md"
     write_text(report, "\n".join(sections) + "\n")
     return report

@@ -7,6 +7,7 @@ next row) and `metrics.json`; the populations live beside it under their own con
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import time
@@ -24,7 +25,7 @@ from linfilt.paper.data import load
 from linfilt.errors import CorruptFileError, LinfiltError
 from linfilt.paper.experiments.spec import Experiment, parse_method
 from linfilt.filtration import filtration_matrix, mean_logits, retained_classes
-from linfilt.paper.population import train_populations
+from linfilt.paper.population import results_dir, train_populations
 
 
 def unlearn_population(seen: np.ndarray, labels: np.ndarray, forget: tuple[int, ...], method: str,
@@ -45,8 +46,9 @@ class ExperimentResult:
     """Every number of one finished experiment, as `metrics.json` keeps it.
 
     Rows: each method of the experiment, "transfer" when trained, and "floor"; accuracy also has
-    "before" and "retrained". The advantage summaries and paired differences are computed from
-    the stored attacks (metrics.json holds them too, for the reader)."""
+    "before" (the model before unlearning on retained-class images), "before_all" (on every test
+    image, as the authors scored it) and "retrained". The advantage summaries and paired
+    differences are computed from the stored attacks (metrics.json holds them too, for the reader)."""
 
     experiment: Experiment
     device: str
@@ -113,6 +115,40 @@ def read_result(path: Path) -> ExperimentResult:
                                "recomputes it") from None
 
 
+def attack_options(exp: Experiment) -> dict[str, Any]:
+    """The audit keywords of the experiment's attack protocol: image sampling and classifiers."""
+    protocol = exp.attack_protocol
+    samme_r = protocol["adaboost"] == "SAMME.R"
+    return {"sampling": protocol["sampling"],
+            "classifiers": audit.AUTHORS_CLASSIFIERS if samme_r else audit.DEFAULT_CLASSIFIERS}
+
+
+def stored_logits(exp: Experiment, out: str | Path, device: str, populations: tuple[str, ...],
+                  seed: int | None = None, data: Any = None) -> dict[str, np.ndarray]:
+    """Logits of finished populations of `exp` (population seed `seed`, default the experiment's),
+    read without training; LinfiltError names the first one that is not stored."""
+    cfg = exp.population(device, seed=seed)
+    for population in populations:
+        path = results_dir(cfg, out, exp.name) / "logits" / f"{population}.npy"
+        if not path.is_file():
+            raise LinfiltError(f"no stored {population} population of {exp.name} (seed {cfg.seed}) at "
+                               f"{path}; run `linfilt reproduce` to train it")
+    return train_populations(cfg, populations, data=data, out=out, experiment=exp.name, progress=False)
+
+
+def with_before_all(result: ExperimentResult, out: str | Path) -> ExperimentResult:
+    """`result` with accuracy["before_all"]: a metrics.json written before that row existed lacks
+    it, and it is computed here from the stored seen logits (nothing is written)."""
+    if "before_all" in result.accuracy:
+        return result
+    exp = result.experiment
+    data = load(exp.dataset)
+    seen = stored_logits(exp, out, result.device, ("seen",), data=data)["seen"]
+    row = audit.retained_accuracy_loss(seen, np.asarray(data.y_test), len(data.classes), exp.forget,
+                                       images="all").summary()
+    return dataclasses.replace(result, accuracy={**result.accuracy, "before_all": row})
+
+
 def run_experiment(exp: Experiment, out: str | Path = "runs", device: str = "cpu", n_jobs: int = 1,
                    progress: bool = True) -> ExperimentResult:
     """Every number of `exp`, computed or read from a finished earlier run; see module doc."""
@@ -167,7 +203,7 @@ def run_experiment(exp: Experiment, out: str | Path = "runs", device: str = "cpu
             continue
         attacks[row] = attack(first, second, labels, forget, repeats=exp.repeats, seed=exp.seed,
                               train_samples=samples, test_samples=samples, n_jobs=n_jobs,
-                              progress=lambda: bar.update())
+                              progress=lambda: bar.update(), **attack_options(exp))
         write_json(path, attacks[row].to_json())
     bar.close()
     audit_seconds = time.perf_counter() - started
@@ -178,8 +214,10 @@ def run_experiment(exp: Experiment, out: str | Path = "runs", device: str = "cpu
 
     result = ExperimentResult(
         exp, device, tuple(data.classes), tuple(kept.tolist()), attacks,
-        accuracy={row: audit.retained_accuracy_loss(l, labels, k, forget).summary()
-                  for row, l in accuracy.items()},
+        accuracy={**{row: audit.retained_accuracy_loss(l, labels, k, forget).summary()
+                     for row, l in accuracy.items()},
+                  "before_all": audit.retained_accuracy_loss(logits["seen"], labels, k, forget,
+                                                             images="all").summary()},
         labels_changed=({row: audit.labels_changed(l, naive, labels, k, forget).summary()
                          for row, l in unlearned.items() if row != "naive"} if naive is not None else {}),
         distribution={row: {key: np.asarray(v).tolist() for key, v in

@@ -46,6 +46,12 @@ class Experiment:
     repeats: int = settings.REPEATS  # attack repeats (random model splits); repeat 0 = paper's split
     seed: int = 0
     note: str = ""
+    protocol: str = "ours"  # a key of settings.ATTACK_PROTOCOLS
+
+    def __post_init__(self) -> None:
+        if self.protocol not in settings.ATTACK_PROTOCOLS:
+            raise LinfiltError(f"--protocol must be one of {sorted(settings.ATTACK_PROTOCOLS)}, "
+                               f"got {self.protocol!r}")
 
     def to_json(self) -> dict[str, Any]:
         """Every field, JSON-ready (the form of experiment.json and of metrics.json's "experiment")."""
@@ -65,10 +71,12 @@ class Experiment:
         return cls(**values)
 
     def scaled(self, models: int | None = None, epochs: int | None = None,
-               repeats: int | None = None) -> Experiment:
-        """The same experiment at another scale (None keeps the current value)."""
+               repeats: int | None = None, protocol: str | None = None) -> Experiment:
+        """The same experiment at another scale, or attack protocol (None keeps the current value)."""
         changes = {k: v for k, v in (("models", models), ("epochs", epochs), ("repeats", repeats))
                    if v is not None}
+        if protocol is not None:
+            return dataclasses.replace(self.scaled(models, epochs, repeats), protocol=protocol)
         for k, v in changes.items():
             if v < 1:
                 raise LinfiltError(f"--{k} must be a positive integer, got {v}")
@@ -85,12 +93,17 @@ class Experiment:
         return (self.models == settings.MODELS
                 and self.trained_epochs == settings.PROTOCOL[self.dataset]["epochs"])
 
+    @property
+    def attack_protocol(self) -> dict[str, Any]:
+        return settings.ATTACK_PROTOCOLS[self.protocol]
+
     def rows(self) -> list[str]:
         """The audited rows besides the floor: every method, in order, then transfer if trained."""
         return [*self.methods, *(["transfer"] if self.transfer else [])]
 
     def population(self, device: str = "cpu", seed: int | None = None) -> PopulationConfig:
-        overrides: dict[str, Any] = {"models": self.models, "arch_kwargs": dict(self.arch_kwargs),
+        arch_kwargs = {**self.attack_protocol["arch_kwargs"].get(self.dataset, {}), **self.arch_kwargs}
+        overrides: dict[str, Any] = {"models": self.models, "arch_kwargs": arch_kwargs,
                                      "device": device, "seed": self.seed if seed is None else seed}
         if self.epochs is not None:
             overrides["epochs"] = self.epochs
@@ -103,6 +116,8 @@ class Experiment:
     def digest(self) -> str:
         key = {**self.to_json(), "runner": RUNNER_VERSION}
         key.pop("note")
+        if key["protocol"] == "ours":  # the default leaves the digests of earlier runs as they were
+            key.pop("protocol")
         return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 

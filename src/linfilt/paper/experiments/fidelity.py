@@ -1,0 +1,102 @@
+"""`linfilt reproduce fidelity`: how far each of the attack's protocol choices moves the MNIST
+advantages, on the project's own populations.
+
+Every (population seed, image sampling, AdaBoost algorithm, row) is one attack of the experiment's
+repeats (repeat 0 on the paper's fixed split), audited from the stored logits and kept as
+`<result dir>/fidelity/seed<s>-<sampling>-<algorithm>-<row>.json`; the SAMME.R attacks run AdaBoost
+alone, since NN and RF see the same data under both algorithms. The experiment's own stored attack
+(its seed, our sampling, SAMME) is read, not recomputed. The settings are `settings.FIDELITY`.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from linfilt import audit
+from linfilt.atomic import write_json
+from linfilt.attacks import samme_r
+from linfilt.errors import CorruptFileError, LinfiltError
+from linfilt.paper.data import load
+from linfilt.paper.experiments.runner import result_dir, stored_logits, unlearn_population
+from linfilt.paper.experiments.spec import Experiment, parse_method
+from linfilt.paper.population import train_populations
+from linfilt.paper.settings import FIDELITY
+
+SAMPLINGS = ("ours", "authors")
+ALGORITHMS: dict[str, Mapping[str, audit.ClassifierFactory]] = {
+    "SAMME": audit.DEFAULT_CLASSIFIERS, "SAMME.R": {"AB": samme_r}}
+
+# (population seed, sampling, AdaBoost algorithm, row)
+Key = tuple[int, str, str, str]
+
+
+@dataclass(frozen=True)
+class FidelityResult:
+    experiment: Experiment
+    device: str
+    attacks: Mapping[Key, audit.AttackResult]
+
+    def estimate(self, key: Key, group: str, classifier: str) -> audit.Estimate:
+        return getattr(self.attacks[key].summary(), group)[classifier]
+
+
+def _read(path: Path) -> audit.AttackResult:
+    try:
+        return audit.AttackResult.from_json(json.loads(path.read_text()))
+    except (OSError, ValueError, LinfiltError) as exc:
+        raise CorruptFileError(f"{path} is unreadable ({exc}); delete it and rerun the same command, "
+                               "which recomputes it") from None
+
+
+def run(exp: Experiment, out: str | Path, device: str = "cpu", *, seeds: tuple[int, ...] | None = None,
+        train: bool = True, n_jobs: int = 1, progress: bool = True) -> FidelityResult:
+    """Every attack of the fidelity table, computed or read back. train=False reads stored
+    populations only (LinfiltError names a missing one); train=True trains what is missing."""
+    if exp.protocol != "ours":
+        raise LinfiltError("the fidelity study varies the protocol itself; run it on the default one")
+    seeds = tuple(FIDELITY["seeds"] if seeds is None else seeds)
+    data = load(exp.dataset)
+    labels, k, forget = np.asarray(data.y_test), len(data.classes), tuple(exp.forget)
+    samples = exp.samples(k)
+    root = result_dir(exp, out, device)
+    attacks: dict[Key, audit.AttackResult] = {}
+    total = len(seeds) * len(FIDELITY["rows"]) * len(SAMPLINGS) * len(ALGORITHMS) * exp.repeats * k
+    bar = tqdm(total=total, desc=f"{exp.name}: fidelity", unit="attack", disable=not progress)
+    for seed in seeds:
+        paths = {}
+        for row in FIDELITY["rows"]:
+            for sampling in SAMPLINGS:
+                for algorithm in ALGORITHMS:
+                    own = root / "attacks" / f"{row}.json"
+                    paths[seed, sampling, algorithm, row] = (
+                        own if (seed, sampling, algorithm) == (exp.seed, "ours", "SAMME") and own.is_file()
+                        else root / "fidelity" / f"seed{seed}-{sampling}-{algorithm}-{row}.json")
+        todo = [key for key, path in paths.items() if not path.is_file()]
+        for key in paths.keys() - set(todo):
+            attacks[key] = _read(paths[key])
+            bar.update(exp.repeats * k)
+        if not todo:
+            continue
+        if train:
+            logits = train_populations(exp.population(device, seed=seed), ("seen", "notseen"), data=data,
+                                       out=out, experiment=exp.name, progress=progress)
+        else:
+            logits = stored_logits(exp, out, device, ("seen", "notseen"), seed=seed, data=data)
+        unlearned = {}
+        for key in todo:
+            _, sampling, algorithm, row = key
+            if row not in unlearned:
+                method, s = parse_method(row)
+                unlearned[row] = unlearn_population(logits["seen"], labels, forget, method, s, seed=exp.seed)
+            attacks[key] = audit.attack_advantage(
+                unlearned[row], logits["notseen"], labels, forget, repeats=exp.repeats, seed=exp.seed,
+                train_samples=samples, test_samples=samples, sampling=sampling,
+                classifiers=ALGORITHMS[algorithm], n_jobs=n_jobs, progress=lambda: bar.update())
+            write_json(paths[key], attacks[key].to_json())
+    bar.close()
+    return FidelityResult(exp, device, {key: attacks[key] for key in sorted(attacks)})
