@@ -494,3 +494,29 @@ def test_pooled_floor_deals_groups_of_the_original_sizes():
     floor_advantage(a, b, LABELS, [0], classes=[2], repeats=3, classifiers={"spy": spy}, **SMALL)
     # the group in the unlearned place has retrained2's size: 20 models, 14 of them train the attack
     assert seen == [14 * 20] * 3
+
+
+def test_other_entry_points_refuse_strings_floats_and_bad_numbers_with_linfilt_errors():
+    """Review: these gave TypeError/ValueError tracebacks, or took "1" / 1.7 for class 1."""
+    rng = np.random.default_rng(12)
+    a, b = population(rng, 10, LABELS), population(rng, 10, LABELS)
+    cases = [
+        (lambda: predicted_distribution(a, LABELS, "1", K, [0]), "class id"),  # once took class 1
+        (lambda: predicted_distribution(a, LABELS, 1.7, K, [0]), "class id"),  # once class 1 too
+        (lambda: draw_attack_sets(a, b, LABELS, "1"), "class id"),  # once "class 1 has no test images"
+        (lambda: draw_attack_sets(a, b, LABELS, 1, repeat=-1), "repeat must be >= 0"),
+        (lambda: attack_advantage(a, b, LABELS, [0], test_fraction="0.3"), "test_fraction must be a number"),
+        (lambda: attack_advantage(a, b, LABELS, [0], level="0.9"), "level must be a number"),
+        (lambda: estimate(np.zeros(3), level=1.0), "level must be < 1.0"),
+        (lambda: retained_accuracy_loss(a, LABELS, str(K), [0]), "num_classes must be an integer"),
+        (lambda: retained_accuracy_loss(a, LABELS, 3.0, [0]), "num_classes must be an integer"),
+        (lambda: labels_changed(a, a, LABELS, str(K), [0]), "num_classes must be an integer"),
+        (lambda: attack_advantage(a, b, LABELS, [0], train_samples={c: 0 for c in range(K)}),
+         r"train_samples \(class 0\) must be a positive integer"),
+    ]
+    for call, words in cases:
+        with pytest.raises(LinfiltError, match=words):
+            call()
+    # the checks refuse only bad values: class 1 as an integer gives its own images
+    res = predicted_distribution(a, LABELS, np.int64(1), K, [0])
+    np.testing.assert_allclose(res.shares.sum(axis=1), 1.0)

@@ -293,3 +293,18 @@ def test_argparse_errors_end_in_one_error_line(files, capsys):
     assert [line for line in err.splitlines() if "error:" in line] == [
         "linfilt unlearn: error: argument --per-class: invalid int value: 'x'"]
     assert err.startswith("usage: linfilt unlearn") and "Traceback" not in err
+
+
+def test_a_bad_forget_set_is_refused_before_any_forward_pass(files, capsys, monkeypatch):
+    """Review: a repeated class or one that leaves fewer than 2 was refused only inside
+    linfilt.unlearn, after the forward passes over all of --data."""
+    def no_work(*args, **kwargs):
+        raise AssertionError("the model ran before the forget set was checked")
+
+    monkeypatch.setattr(linfilt.cli.unlearn, "_logits", no_work)
+    monkeypatch.setattr(linfilt.cli.unlearn, "_check_fits", no_work)
+    ok = ("--data", files / "data.npz", "--out", files / "o.safetensors")
+    _one_error(files, capsys, r"--forget: class ids \[3\] are repeated", files / "model.safetensors",
+               "--forget", "3", "digit3", *ok)
+    _one_error(files, capsys, "forgetting 9 of 10 classes leaves 1", files / "model.safetensors",
+               "--forget", *map(str, range(9)), *ok)

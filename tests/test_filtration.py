@@ -489,3 +489,25 @@ def test_projection_is_naive_without_data():
             FiltrationStep(method, (1,), None, 0, 1.0)
     with pytest.raises(LinfiltError, match="leaves 1"):
         projection(3, [0, 1])
+
+
+def test_max_condition_is_validated_and_inf_refuses_only_a_singular_A():
+    """Review: a string max_condition gave `TypeError: '<' not supported`."""
+    A = np.eye(3) + 0.1
+    for bad, words in [("x", "max_condition must be a number"), (0.5, "max_condition must be > 1.0"),
+                       (float("nan"), "max_condition must be finite")]:
+        with pytest.raises(LinfiltError, match=words):
+            compute_filtration(A, 0, max_condition=bad)
+    near = np.diag([1.0, 1.0, 1e-13])  # condition 1e13: refused by default, solved under inf
+    with pytest.raises(LinfiltError, match="ill-conditioned"):
+        compute_filtration(near, 0, method="zeroing")
+    F = compute_filtration(near, 0, method="zeroing", max_condition=float("inf")).matrix
+    np.testing.assert_allclose(F, [[0.0, 1.0, 0.0], [0.0, 0.0, 1.0]], atol=1e-12)  # B_z A^-1 by hand
+
+
+def test_retained_classes_validates_num_classes_before_sizing_its_mask():
+    """Review: retained_classes("3", 0) gave `TypeError: 'str' object cannot be interpreted as an integer`."""
+    for bad in ("3", 3.0, True):
+        with pytest.raises(LinfiltError, match="num_classes must be an integer"):
+            retained_classes(bad, 0)
+    np.testing.assert_array_equal(retained_classes(np.int64(3), 0), [1, 2])

@@ -290,3 +290,19 @@ def test_torchscript_and_non_modules_get_a_clear_message(trained, blobs):
             linfilt.unlearn(compiled, [1], (x, y))
     with pytest.raises(LinfiltError, match="model must be a torch.nn.Module, got dict"):
         linfilt.unlearn({}, [1], (x, y))
+
+
+def test_predict_ids_of_an_unfiltered_model_without_a_head_attribute(trained, blobs):
+    """Review: predict_ids (and classes_of) of a plain Sequential MLP told the user to "pass head=",
+    which neither takes; predict_ids runs the model, so output i is class i."""
+    x, _ = blobs
+    mlp = nn.Sequential(trained.body, trained.head)  # two Linear layers, no `head` attribute
+    np.testing.assert_array_equal(linfilt.predict_ids(mlp, x).numpy(), logits(trained, x).argmax(1).numpy())
+    with pytest.raises(LinfiltError, match="predict_ids") as info:
+        linfilt.classes_of(mlp)
+    assert "head=" not in str(info.value)
+    # a stale record (the head was swapped after unlearning) is named, not an IndexError or wrong ids
+    new = linfilt.unlearn(trained, [1], (x, blobs[1]))
+    new.head = trained.head
+    with pytest.raises(LinfiltError, match="lists 4 classes but it returns 5 outputs"):
+        linfilt.predict_ids(new, x)

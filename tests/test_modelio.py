@@ -470,3 +470,23 @@ def test_model_files_keep_the_record_of_unlearn(tmp_path):
     assert loaded.linfilt_filtration.steps == (stored,)
     with pytest.raises(ModelFormatError, match="names and dates every filtration"):
         ModelSpec("mlp", MLP, _KEPT, tuple(NAMES[c] for c in _KEPT), (made,))
+
+
+def test_a_spec_version_of_true_is_refused(tmp_path):
+    """Review: JSON `true` passed `isinstance(version, int)` and was read as version 1."""
+    path = tmp_path / "v_true.safetensors"
+    _raw(path, _state(_mlp(k=9)), json.dumps({**_v1_spec_json(), "version": True}))
+    with pytest.raises(ModelFormatError, match="spec version True is not supported"):
+        load_model(path)
+
+
+def test_a_path_that_is_not_a_path_is_refused(tmp_path):
+    """Review: load_model(5) and load_state_dict_file(5) gave `TypeError: expected str, bytes or
+    os.PathLike object`; save_model(5, ...) did too, after checking everything else."""
+    model = _mlp(k=10)
+    spec = ModelSpec.new("mlp", MLP, NAMES)
+    for call in (lambda: load_model(5), lambda: load_state_dict_file(5), lambda: save_model(5, model, spec)):
+        with pytest.raises(LinfiltError, match="path must be a file path .*got int"):
+            call()
+    save_model(tmp_path / "m.safetensors", model, spec)  # a real path still works
+    assert load_model(str(tmp_path / "m.safetensors"))[1] == spec

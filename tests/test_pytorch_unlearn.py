@@ -384,3 +384,12 @@ def test_the_record_is_the_one_filtration_step(trained, digits):
         model.head.weight -= model.head.weight.mean(dim=0)  # logits that sum to zero: affine
         model.head.bias -= model.head.bias.mean()
     assert linfilt.unlearn(model, [FORGET], (x, y)).linfilt_filtration.steps[0].affine is True
+
+
+def test_scalar_or_ragged_inputs_in_an_x_y_pair_are_refused():
+    """Review: a scalar x gave `TypeError: len() of unsized object`, ragged rows a numpy ValueError."""
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+    with pytest.raises(LinfiltError, match="one row per sample, got a scalar 5"):
+        linfilt.unlearn(model, 0, (5, [0]))
+    with pytest.raises(LinfiltError, match="data's inputs are not an array"):
+        linfilt.unlearn(model, 0, ([[1.0, 2.0, 3.0, 4.0], [1.0]], [0, 1]))

@@ -310,3 +310,25 @@ def test_skorch_net_is_refused_naming_its_module_and_the_module_route_works(digi
     assert 3 not in after
     # net.predict still returns class ids: retained accuracy stays as it was (normalization)
     assert np.mean(after[kept] == y[kept]) >= np.mean(before[kept] == y[kept]) - 0.02 > 0.8
+
+
+def test_forget_as_a_set_and_malformed_X_or_y(fitted, digits):
+    """Review: a set was read as one label ({3, 5} refused as "not of the kind of classes_"); an X
+    or y without rows, or X with the wrong number of features, gave TypeError/ValueError tracebacks."""
+    X, y = digits
+    sgd = fitted["sgd"]
+    from_set = unlearn(sgd, {5, 3}, X, y, method="zeroing")
+    from_list = unlearn(sgd, [3, 5], X, y, method="zeroing")
+    np.testing.assert_array_equal(from_set.classes_, [0, 1, 2, 4, 6, 7, 8, 9])
+    np.testing.assert_array_equal(from_set.coef_, from_list.coef_)
+    for bad_X, bad_y, words in [
+        (X, 5, r"y must be one label per sample, got shape \(\)"),
+        (None, y, "X must be a 2-D array of samples x features, got NoneType"),
+        (X[0], y, r"X must be a 2-D array .* shape \(64,\)"),
+        (X[:, :60], y, "X has 60 features but SGDClassifier was fitted on 64"),
+    ]:
+        with pytest.raises(LinfiltError, match=words):
+            unlearn(sgd, [1], bad_X, bad_y)
+    # a list of rows is still an X
+    listed = unlearn(sgd, [1], X.tolist(), y, method="zeroing")
+    np.testing.assert_array_equal(listed.coef_, unlearn(sgd, [1], X, y, method="zeroing").coef_)

@@ -4,7 +4,7 @@
 scikit-learn's `AdaBoostClassifier` until 1.4 and so the "AB" attack of the paper's 2020 runs;
 scikit-learn 1.6 removed it. It follows scikit-learn 1.3's `AdaBoostClassifier(algorithm=
 "SAMME.R")` step by step (depth-1 trees, 50 of them, learning rate 1, the same random states for
-the trees), so it predicts what that version predicted; tests/test_attacks_samme_r.py checks it
+the trees), so it predicts what that version predicted; tests/test_fidelity_samme_r.py checks it
 against a frozen reference computed with scikit-learn 1.3.2.
 """
 from __future__ import annotations

@@ -39,7 +39,8 @@ from sklearn.neighbors import KNeighborsClassifier
 from linfilt.attacks import samme_r
 from linfilt.errors import LinfiltError
 from linfilt.filtration import retained_classes
-from linfilt.validation import check_class_ids, check_labels, check_n_jobs, is_int
+from linfilt.validation import (check_class_id, check_class_ids, check_float, check_int, check_labels,
+                                check_n_jobs, check_positive_int, is_int)
 
 __all__ = [
     "AUTHORS_CLASSIFIERS",
@@ -178,6 +179,7 @@ def _forget(forget: int | Iterable[int]) -> tuple[int, ...]:
 
 def _output_classes(n_outputs: int, num_classes: int, forget: tuple[int, ...]) -> np.ndarray:
     """Original class id of each output: k outputs for a full model, k - |C| for one without C."""
+    num_classes = check_int(num_classes, "num_classes", minimum=2)
     if any(c >= num_classes for c in forget):
         raise LinfiltError(f"forget {list(forget)} names a class outside 0..{num_classes - 1}")
     if n_outputs == num_classes:
@@ -207,9 +209,7 @@ def _count(samples: Samples, cls: int, name: str) -> int:
         value = samples[cls]
     else:
         value = samples
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise LinfiltError(f"{name} must be a positive integer per class, got {value!r} for class {cls}")
-    return int(value)
+    return check_positive_int(value, f"{name} (class {cls})")
 
 
 def _split_sizes(n_models: int, test_fraction: float, name: str) -> int:
@@ -355,8 +355,10 @@ def draw_attack_sets(
     retrained = check_population("retrained", retrained)
     _same_images(unlearned, retrained, ("unlearned", "retrained"))
     labels = _labels(labels, unlearned.shape[1])
-    _check_fraction(test_fraction)
+    test_fraction = _check_fraction(test_fraction)
     _check_sampling(sampling)
+    cls = check_class_id(cls, "cls")
+    repeat = check_int(repeat, "repeat", minimum=0)
     n_tests = (
         _split_sizes(unlearned.shape[0], test_fraction, "unlearned"),
         _split_sizes(retrained.shape[0], test_fraction, "retrained"),
@@ -369,19 +371,13 @@ def draw_attack_sets(
                         _class_rng(entropy, repeat, cls))
 
 
-def _check_repeats(repeats: int) -> None:
-    if isinstance(repeats, bool) or not isinstance(repeats, (int, np.integer)) or repeats < 1:
-        raise LinfiltError(f"repeats must be a positive integer, got {repeats!r}")
-
-
 def _check_sampling(sampling: str) -> None:
     if not isinstance(sampling, str) or sampling not in SAMPLING:
         raise LinfiltError(f"sampling must be one of {sorted(SAMPLING)}, got {sampling!r}")
 
 
-def _check_fraction(test_fraction: float) -> None:
-    if not 0.0 < test_fraction < 1.0:
-        raise LinfiltError(f"test_fraction must lie strictly between 0 and 1, got {test_fraction}")
+def _check_fraction(test_fraction: float) -> float:
+    return check_float(test_fraction, "test_fraction", low=0.0, high=1.0, low_open=True, high_open=True)
 
 
 # ----------------------------------------------------------------------------- intervals
@@ -433,8 +429,7 @@ def estimate(
         raise LinfiltError("an estimate needs at least one repeat")
     if interval not in ("percentile", "t"):
         raise LinfiltError(f"interval must be 'percentile' or 't', got {interval!r}")
-    if not 0.0 < level < 1.0:
-        raise LinfiltError(f"level must lie strictly between 0 and 1, got {level}")
+    level = check_float(level, "level", low=0.0, high=1.0, low_open=True, high_open=True)
     mean = float(values.mean())
     if values.size == 1:
         low = high = float("nan")
@@ -610,9 +605,9 @@ def attack_advantage(
     _same_images(unlearned, retrained, ("unlearned", "retrained"))
     labels = _labels(labels, unlearned.shape[1])
     forget_t = _forget(forget)
-    _check_fraction(test_fraction)
+    test_fraction = _check_fraction(test_fraction)
     _check_sampling(sampling)
-    _check_repeats(repeats)
+    repeats = check_positive_int(repeats, "repeats")
     estimate(np.zeros(1), interval=interval, level=level)  # validates interval and level up front
     classifiers = dict(DEFAULT_CLASSIFIERS if classifiers is None else classifiers)
     if not classifiers:
@@ -691,7 +686,7 @@ def floor_advantage(
     first = check_population("retrained", retrained)
     second = check_population("retrained2", retrained2)
     _same_images(second, first, ("retrained2", "retrained"))
-    _check_repeats(repeats)
+    repeats = check_positive_int(repeats, "repeats")
     kwargs.pop("fixed_first", None)  # each repeat deals new populations: no fixed split to keep
     entropy = _entropy(seed)
     pool = np.concatenate([second, first])
@@ -818,8 +813,6 @@ def labels_changed(
         )
     labels = _labels(labels, logits.shape[1])
     forget_t = _forget(forget)
-    if not forget_t:
-        raise LinfiltError("forget is empty; labels changed vs naive needs the forgotten classes")
     outputs = _output_classes(logits.shape[2], num_classes, forget_t)
     pred = logits.argmax(axis=2)
     naive = naive_logits.argmax(axis=2)
@@ -858,7 +851,7 @@ def predicted_distribution(
     logits = check_population("logits", logits)
     labels = _labels(labels, logits.shape[1])
     outputs = _output_classes(logits.shape[2], num_classes, _forget(forget))
-    idx = _class_images(labels, int(cls))
+    idx = _class_images(labels, check_class_id(cls, "cls"))
     part = logits[:, idx, :]
     probabilities = np.exp(_log_softmax(part)).mean(axis=1)
     pred = part.argmax(axis=2)

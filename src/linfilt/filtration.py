@@ -18,10 +18,11 @@ PyTorch and scikit-learn adapters leave it on their results and model files stor
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import math
 import reprlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -135,6 +136,21 @@ class FiltrationStep:
         for key, value in checked.items():
             object.__setattr__(self, key, value)
 
+    def to_json(self) -> dict[str, Any]:
+        """The fields as JSON (the model file's and a transformers config's form); JSON has no
+        infinity, so an infinite condition number is null (FiltrationStep(**d) reads it back)."""
+        return {**dataclasses.asdict(self),
+                "condition_number": None if math.isinf(self.condition_number) else self.condition_number}
+
+    def named(self, names: Mapping[int, str], date: str) -> FiltrationStep:
+        """This step with its forgotten classes named (names: original id -> name) and dated."""
+        return dataclasses.replace(self, forgot_names=tuple(names[c] for c in self.forgot), date=date)
+
+
+def utc_now() -> str:
+    """The current UTC time as a step's date: ISO 8601, to the second."""
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
 
 @dataclass(frozen=True)
 class FiltrationRecord:
@@ -192,8 +208,9 @@ def check_forget(num_classes: int, forget: int | Iterable[int]) -> tuple[int, ..
 
 def retained_classes(num_classes: int, forget: int | Iterable[int]) -> np.ndarray:
     """The one mapping from new output index i to original class id: the kept ids, ascending."""
+    forget = check_forget(num_classes, forget)  # num_classes too, before it sizes an array
     mask = np.ones(num_classes, dtype=bool)
-    mask[list(check_forget(num_classes, forget))] = False
+    mask[list(forget)] = False
     return np.flatnonzero(mask).astype(np.int64)
 
 
@@ -362,6 +379,8 @@ def compute_filtration(
     unless allow_pinv (then a least-squares F from a cut-off pseudo-inverse).
     """
     rng = check_method_rng(method, rng)
+    if max_condition != math.inf:  # inf: refuse only a singular A
+        max_condition = check_float(max_condition, "max_condition", low=1.0, low_open=True)
     A = check_array(A, "A", ndim=2, finite=False)
     if A.shape[0] != A.shape[1]:
         raise LinfiltError(f"A must be a square (k, k) matrix, got shape {A.shape}")

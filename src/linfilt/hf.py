@@ -18,9 +18,6 @@ runs without it; `pip install linfilt[hf]` installs it.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import datetime
-import math
 import os
 import shutil
 from collections.abc import Iterator, Mapping, Sequence
@@ -30,7 +27,7 @@ from typing import Any
 import torch
 
 from linfilt.errors import LinfiltError
-from linfilt.filtration import RECORD_ATTR, FiltrationRecord, FiltrationStep
+from linfilt.filtration import RECORD_ATTR, FiltrationRecord, FiltrationStep, utc_now
 from linfilt.validation import check_id_list
 
 LABEL_KEYS = ("labels", "label")
@@ -203,10 +200,9 @@ def record_steps(model: Any, names: Mapping[int, str], new_steps: int) -> Filtra
     """Name (by `names`: original id -> label) and date the last `new_steps` steps of the model's record,
     store every step in its config as JSON, and return the record."""
     record = getattr(model, RECORD_ATTR)
-    date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    date = utc_now()
     old = record.steps[:len(record.steps) - new_steps]
-    named = tuple(dataclasses.replace(s, forgot_names=tuple(names[c] for c in s.forgot), date=date)
-                  for s in record.steps[len(old):])
+    named = tuple(s.named(names, date) for s in record.steps[len(old):])
     record = FiltrationRecord(record.classes, old + named)
     setattr(model, RECORD_ATTR, record)
     store_steps(model, record)
@@ -219,10 +215,7 @@ def store_steps(model: Any, record: FiltrationRecord) -> None:
     config = config_of(model)
     if config is None:
         return
-    # JSON has no infinity: an infinite condition number is stored as null (read back as inf)
-    setattr(config, CONFIG_STEPS, [
-        {**dataclasses.asdict(s), "condition_number": None if math.isinf(s.condition_number) else s.condition_number}
-        for s in record.steps])
+    setattr(config, CONFIG_STEPS, [s.to_json() for s in record.steps])
 
 
 def stored_record(model: Any) -> FiltrationRecord | None:

@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import datetime
 import json
-import math
 import os
 import pickle
 import re
@@ -41,9 +39,9 @@ from torch import nn
 from linfilt import plugins
 from linfilt.atomic import write_bytes
 from linfilt.errors import LinfiltError, ModelFormatError
-from linfilt.filtration import RECORD_ATTR, FiltrationRecord, FiltrationStep
+from linfilt.filtration import RECORD_ATTR, FiltrationRecord, FiltrationStep, utc_now
 from linfilt.pytorch import CLASSES_BUFFER, set_classes
-from linfilt.validation import check_id_list, check_name_list
+from linfilt.validation import check_id_list, check_name_list, is_int
 
 FORMAT_NAME = "linfilt-model"
 FORMAT_VERSION = 2
@@ -144,9 +142,8 @@ class ModelSpec:
         if not set(record.classes) <= set(names):
             raise LinfiltError(f"the model's classes {list(record.classes)} are not among this spec's "
                                f"{list(self.class_ids)}")
-        date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-        entries = tuple(dataclasses.replace(step, forgot_names=tuple(names[c] for c in step.forgot), date=date)
-                        for step in record.steps[len(self.history):])
+        date = utc_now()
+        entries = tuple(step.named(names, date) for step in record.steps[len(self.history):])
         return dataclasses.replace(
             self,
             class_ids=record.classes,
@@ -165,9 +162,7 @@ class ModelSpec:
             "arch": self.arch,
             "arch_kwargs": self.arch_kwargs,
             "classes": [{"id": i, "name": n} for i, n in zip(self.class_ids, self.class_names)],
-            # JSON has no infinity: an infinite condition number is stored as null
-            "history": [{**dataclasses.asdict(f), "condition_number": None if f.condition_number == math.inf
-                         else f.condition_number} for f in self.history],
+            "history": [step.to_json() for step in self.history],
         }
 
     @classmethod
@@ -178,7 +173,7 @@ class ModelSpec:
         if obj.get("format") != FORMAT_NAME:
             raise ModelFormatError(f"the spec's format is {obj.get('format')!r}, not {FORMAT_NAME!r}")
         version = obj.get("version")
-        if not isinstance(version, int) or not 1 <= version <= FORMAT_VERSION:
+        if not is_int(version) or not 1 <= version <= FORMAT_VERSION:
             raise ModelFormatError(
                 f"spec version {version!r} is not supported (this linfilt reads 1..{FORMAT_VERSION}); "
                 "upgrade linfilt to read it"
@@ -275,6 +270,12 @@ def _check_tensors(expected: Mapping[str, torch.Tensor], tensors: Mapping[str, t
                                    f"needs {ref.dtype}")
 
 
+def _file_path(path: Any) -> Path:
+    if not isinstance(path, (str, os.PathLike)):
+        raise LinfiltError(f"path must be a file path (str or os.PathLike), got {type(path).__name__}")
+    return Path(path)
+
+
 def save_model(path: str | os.PathLike, model: nn.Module, spec: ModelSpec) -> None:
     """Write `model` and `spec` to one safetensors file, atomically.
 
@@ -282,6 +283,7 @@ def save_model(path: str | os.PathLike, model: nn.Module, spec: ModelSpec) -> No
     a model that `linfilt.unlearn` returned must come with `spec.after_unlearn(model)`. Weights
     with NaN or infinite values are refused: such a model is broken, and no file is written.
     """
+    path = _file_path(path)
     if not isinstance(model, nn.Module):
         raise LinfiltError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if not isinstance(spec, ModelSpec):
@@ -362,7 +364,7 @@ def load_model(path: str | os.PathLike) -> tuple[nn.Module, ModelSpec]:
     `linfilt.unlearn(model, forget, data)` takes original class ids and skips the samples of
     classes forgotten earlier.
     """
-    path = Path(path)
+    path = _file_path(path)
     meta, tensors = _read_safetensors(path)
     if SPEC_KEY not in meta:
         raise ModelFormatError(f"{path} is a safetensors file without a linfilt spec (no {SPEC_KEY!r} "
@@ -402,7 +404,7 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     `torch.load(weights_only=True)` accepts tensors and plain containers only; a file that would
     need arbitrary unpickling (or is not a torch file) raises ModelFormatError.
     """
-    path = Path(path)
+    path = _file_path(path)
     if not path.is_file():
         raise ModelFormatError(f"{path}: no such state dict file")
     try:

@@ -19,7 +19,7 @@ GROUP = "linfilt.plugins"
 
 
 COMMANDS: dict[str, str] = {}  # name -> a module with `register(subparsers)`
-ARCHITECTURES: dict[str, str] = {}  # name -> "module:callable(num_classes, **kwargs) -> nn.Module"
+ARCHITECTURES: dict[str, str] = {}  # name -> "module:callable(name, num_classes, **kwargs) -> nn.Module"
 DATASETS: dict[str, str] = {}  # name -> "module:callable(name, root=None) -> data set with x_test, y_test, ..."
 
 _loaded = False
@@ -62,7 +62,8 @@ def _lookup(table: dict[str, str], kind: str, name: Any) -> Any:
 
 
 def architecture(name: str) -> Any:
-    """The builder registered for architecture `name`: callable(num_classes, **kwargs) -> nn.Module."""
+    """The builder registered for architecture `name`: callable(name, num_classes, **kwargs) -> nn.Module
+    (modelio calls it with the spec's arch, class count and arch_kwargs)."""
     return _lookup(ARCHITECTURES, "architecture", name)
 
 

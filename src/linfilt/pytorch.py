@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import reprlib
 from collections.abc import Mapping
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
@@ -55,7 +56,11 @@ CLASSES_BUFFER = "linfilt_classes"
 
 
 def _linears(model: nn.Module) -> dict[nn.Module, str]:
-    return {m: name for name, m in model.named_modules() if isinstance(m, nn.Linear)}
+    """Every nn.Linear of the model, with its dotted name; a model without one cannot be filtered."""
+    found = {m: name for name, m in model.named_modules() if isinstance(m, nn.Linear)}
+    if not found:
+        raise LinfiltError("this model has no nn.Linear layer: linear filtration rewrites a final Linear layer")
+    return found
 
 
 def _named_head(model: nn.Module, head: str | nn.Module) -> tuple[str, nn.Linear]:
@@ -92,8 +97,6 @@ def _static_head(model: nn.Module, head: str | nn.Module | None) -> tuple[str, n
 def _only_linear(model: nn.Module) -> tuple[str, nn.Linear]:
     """For precomputed logits (no forward pass to watch): the model's single nn.Linear."""
     linears = _linears(model)
-    if not linears:
-        raise LinfiltError("this model has no nn.Linear layer: linear filtration rewrites a final Linear layer")
     if len(linears) > 1:
         raise LinfiltError(
             f"this model has {len(linears)} nn.Linear layers and no `head` attribute; "
@@ -191,10 +194,9 @@ def load_unlearned(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> 
     return model
 
 
-def classes_of(model: nn.Module) -> tuple[int, ...]:
-    """The original class id of each output of `model`: what linear filtration recorded (the
-    model's record, its head's class-id buffer, a transformers config), else the output positions."""
-    _check_model(model)
+def _recorded_classes(model: nn.Module) -> tuple[int, ...] | None:
+    """The original class id of each output as linear filtration recorded it (the model's record,
+    its head's class-id buffer, a transformers config: its num_labels positions if no ids), or None."""
     record = getattr(model, RECORD_ATTR, None)
     if isinstance(record, FiltrationRecord):
         return record.classes
@@ -205,17 +207,36 @@ def classes_of(model: nn.Module) -> tuple[int, ...]:
     config = config_of(model)
     if config is not None:
         return config_classes(model) or tuple(range(config.num_labels))
-    _, head = _static_head(model, None) or _only_linear(model)
-    return tuple(range(head.out_features))
+    return None
+
+
+def classes_of(model: nn.Module) -> tuple[int, ...]:
+    """The original class id of each output of `model`: what linear filtration recorded (see
+    `_recorded_classes`), else the output positions of its head."""
+    _check_model(model)
+    found = _recorded_classes(model)
+    if found is not None:
+        return found
+    head = _static_head(model, None)
+    if head is None and len(_linears(model)) > 1:  # not _only_linear's advice: there is no head= here
+        raise LinfiltError("this model carries no record of a filtration, so its output i is class i, but "
+                           "which of its Linear layers gives the outputs (hence how many) is unknown without "
+                           "running it; predict_ids(model, x) runs it")
+    return tuple(range((head or _only_linear(model))[1].out_features))
 
 
 def predict_ids(model: nn.Module, x: Any) -> torch.Tensor:
     """The original class id of the top output for each input in `x` (a tensor, or a dict of
-    model inputs), in eval mode without gradients."""
-    ids = torch.tensor(classes_of(model), dtype=torch.int64)
+    model inputs), in eval mode without gradients; output i is class i in a model without a record."""
+    _check_model(model)
     runner = _Runner(model, None)
     with _inference(model):
         out = runner.forward(x)
+    found = _recorded_classes(model)
+    ids = torch.arange(out.shape[1]) if found is None else torch.tensor(found, dtype=torch.int64)
+    if len(ids) != out.shape[1]:
+        raise LinfiltError(f"the model's record lists {len(ids)} classes but it returns {out.shape[1]} outputs; "
+                           f"delete the stale `{RECORD_ATTR}` / `{CLASSES_BUFFER}`")
     return ids.to(out.device)[out.argmax(dim=1)]
 
 
@@ -250,8 +271,6 @@ class _Runner:
             return self.forward(x)
         calls: list[tuple[nn.Module, torch.Tensor]] = []
         linears = _linears(self.model)
-        if not linears:
-            raise LinfiltError("this model has no nn.Linear layer: linear filtration rewrites a final Linear layer")
         hooks = [m.register_forward_hook(lambda m, i, o: calls.append((m, o))) for m in linears]
         try:
             out = self._first_call(x)
@@ -433,7 +452,12 @@ def _pair(runner: _Runner, outputs_of: _Make, data: tuple, batch_size: int, prog
     if isinstance(x, Mapping):
         raise LinfiltError("dict inputs (a transformers batch) come in a DataLoader or Dataset of dicts "
                            "with 'labels', not as an (x, y) pair")
-    x = x if isinstance(x, torch.Tensor) else np.asarray(x)
+    try:
+        x = x if isinstance(x, torch.Tensor) else np.asarray(x)
+    except ValueError as exc:  # ragged rows
+        raise LinfiltError(f"data's inputs are not an array: {exc}") from None
+    if x.ndim == 0:
+        raise LinfiltError(f"data's inputs must hold one row per sample, got a scalar {reprlib.repr(x.tolist())}")
     y = check_labels(y)
     if len(x) != len(y):
         raise LinfiltError(f"data has {len(x)} inputs but {len(y)} labels")

@@ -19,8 +19,10 @@ labels it forgot (`forgot_names`, as text). A later `unlearn` of the result exte
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import numbers
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -115,6 +117,22 @@ def _check_supported(estimator: Any) -> None:
                            f"per class ({k}, n_features))")
 
 
+def _num_samples(X: Any, estimator: Any) -> int:
+    """Rows of X, a 2-D array (or sparse matrix, DataFrame, list of rows) with the features the
+    estimator was fitted on."""
+    shape = getattr(X, "shape", None)
+    if shape is None and isinstance(X, (list, tuple)):
+        with contextlib.suppress(ValueError):  # ragged rows have no shape
+            shape = np.shape(X)
+    if shape is None or len(shape) != 2:
+        raise LinfiltError(f"X must be a 2-D array of samples x features, got "
+                           f"{type(X).__name__}{'' if shape is None else f' of shape {tuple(shape)}'}")
+    expected = getattr(estimator, "n_features_in_", None)
+    if expected is not None and shape[1] != expected:
+        raise LinfiltError(f"X has {shape[1]} features but {type(estimator).__name__} was fitted on {expected}")
+    return int(shape[0])
+
+
 def _check_linear_scores(estimator: Any, X: Any) -> None:
     """Refuse a model whose scores are not X coef_^T + intercept_ (the map filtration rewrites; a
     kernel SVC's coef_ is not), checked on the first rows of X before the real work."""
@@ -161,7 +179,8 @@ def _positions(classes: np.ndarray, forget: Any) -> list[int]:
 
     A label must have the kind of classes_: with integer classes, True, 3.0 and "3" are refused
     rather than taken for 1 or 3."""
-    single = isinstance(forget, (str, bytes)) or np.ndim(forget) == 0
+    # not np.ndim(forget) == 0: numpy makes a set one 0-d object, so {3, 5} would be one label
+    single = isinstance(forget, (str, bytes)) or not isinstance(forget, Iterable) or getattr(forget, "ndim", 1) == 0
     labels = [forget] if single else list(forget)
     if not labels:
         raise LinfiltError("forget is empty: name at least one class label")
@@ -246,10 +265,10 @@ def unlearn(estimator: Any, forget: Any, X: Any, y: Any, *, method: str = "norma
     classes = np.asarray(estimator.classes_)
     record = _record(estimator, len(classes))
     positions = _positions(classes, forget)
-    n_x = X.shape[0] if hasattr(X, "shape") else len(X)
-    if n_x != len(y):
-        raise LinfiltError(f"X has {n_x} samples but y has {len(y)} labels")
     codes = _encode(classes, y)
+    n_x = _num_samples(X, estimator)
+    if n_x != len(codes):
+        raise LinfiltError(f"X has {n_x} samples but y has {len(codes)} labels")
     check_class_counts(codes, len(classes), per_class, names=classes.tolist())
     _check_linear_scores(estimator, X)
     scores = logits(estimator, X)

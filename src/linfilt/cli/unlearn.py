@@ -27,13 +27,13 @@ from tqdm.auto import tqdm
 
 from linfilt import plugins
 from linfilt.errors import LinfiltError
-from linfilt.filtration import METHODS, FiltrationStep
+from linfilt.filtration import METHODS, FiltrationStep, check_forget
 from linfilt.hf import (class_names, config_record, load_config, load_model_dir, model_logits, record_steps,
                         save_model_dir)
 from linfilt.modelio import load_model, save_model
 from linfilt.outputs import check_output_dir, check_output_file
 from linfilt.pytorch import unlearn
-from linfilt.validation import check_labels, check_optional_positive_int, check_seed
+from linfilt.validation import check_class_ids, check_labels, check_optional_positive_int, check_seed
 
 CHUNK = 4096  # samples per forward-pass chunk of a model file (progress granularity)
 HF_BATCH = 32  # ... of a transformers model: attention's memory grows with batch x length^2
@@ -101,6 +101,8 @@ def _forget_ids(tokens: list[str], class_ids: tuple[int, ...], class_names: tupl
             raise LinfiltError(f"--forget {token}: no class {cid} in this model "
                                f"(its classes: {_describe(class_ids, class_names)})")
         ids.append(cid)
+    check_class_ids(ids, "--forget")  # each once
+    check_forget(len(class_ids), [class_ids.index(c) for c in ids])  # at least 2 classes left
     return ids
 
 
