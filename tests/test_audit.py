@@ -438,6 +438,8 @@ def test_bad_inputs_raise_clear_errors():
         (dict(forget=[0.9]), "must be integers"),  # once became class 0
         (dict(forget=[0, 0]), "repeated"),  # once silently merged
         (dict(n_jobs=0), "n_jobs must not be 0"),
+        (dict(fixed_first="no"), "fixed_first must be True or False"),
+        (dict(replace=1), "replace must be True or False"),
         (dict(seed=-1), "seed must be an integer >= 0"),
         (dict(labels=LABELS.astype(float)), "integer class ids"),
         (dict(classes=[1, 1]), "repeated"),

@@ -390,6 +390,7 @@ def test_pseudo_inverse_has_an_explicit_cutoff():
         (lambda: mean_logits(np.ones((4, 2)), np.arange(4) % 2, "2"), "integer"),
         (lambda: mean_logits(np.ones((4, 2)), np.array([0, 1, 0, 1.0]), 2), "integer class ids"),
         (lambda: check_forget(10, True), "class id"),
+        (lambda: compute_filtration(np.eye(4) + 1, [0], allow_pinv="no"), "allow_pinv must be True or False"),
         (lambda: check_forget(10, "10"), "class id"),
         (lambda: check_forget(10, [np.float64(3)]), "integers"),
     ],

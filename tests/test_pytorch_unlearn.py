@@ -261,6 +261,8 @@ def test_head_path_and_ambiguity_with_precomputed_logits(trained, digits):
         (dict(rng=-1), "integer seed >= 0"),
         (dict(rng="7"), "integer seed >= 0"),
         (dict(batch_size=0), "batch_size must be a positive integer"),
+        (dict(allow_pinv="no"), "allow_pinv must be True or False"),
+        (dict(progress=1), "progress must be True or False"),
         (dict(forget=True), "class id"),
         (dict(forget="10"), "class id"),
         (dict(forget=[3.0]), "must be integers"),

@@ -39,7 +39,7 @@ from sklearn.neighbors import KNeighborsClassifier
 from linfilt.attacks import samme_r
 from linfilt.errors import LinfiltError
 from linfilt.filtration import retained_classes
-from linfilt.validation import (check_class_id, check_class_ids, check_float, check_int, check_labels,
+from linfilt.validation import (check_bool, check_class_id, check_class_ids, check_float, check_int, check_labels,
                                 check_n_jobs, check_positive_int, is_int)
 
 __all__ = [
@@ -608,6 +608,8 @@ def attack_advantage(
     test_fraction = _check_fraction(test_fraction)
     _check_sampling(sampling)
     repeats = check_positive_int(repeats, "repeats")
+    for flag, value in (("fixed_first", fixed_first), ("replace", replace), ("disjoint_images", disjoint_images)):
+        check_bool(value, flag)
     estimate(np.zeros(1), interval=interval, level=level)  # validates interval and level up front
     classifiers = dict(DEFAULT_CLASSIFIERS if classifiers is None else classifiers)
     if not classifiers:

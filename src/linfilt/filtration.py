@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from linfilt.errors import IllConditionedError, LinfiltError
-from linfilt.validation import (check_array, check_class_ids, check_float, check_id_list, check_int,
+from linfilt.validation import (check_array, check_bool, check_class_ids, check_float, check_id_list, check_int,
                                 check_labels, check_name_list, check_optional_positive_int,
                                 check_positive_int, check_random_state, check_seed, is_int)
 
@@ -379,6 +379,7 @@ def compute_filtration(
     unless allow_pinv (then a least-squares F from a cut-off pseudo-inverse).
     """
     rng = check_method_rng(method, rng)
+    allow_pinv = check_bool(allow_pinv, "allow_pinv")
     if max_condition != math.inf:  # inf: refuse only a singular A
         max_condition = check_float(max_condition, "max_condition", low=1.0, low_open=True)
     A = check_array(A, "A", ndim=2, finite=False)

@@ -44,7 +44,7 @@ from linfilt.filtration import (RECORD_ATTR, Filtration, FiltrationRecord, Filtr
                                 mean_logits, projection, select_per_class)
 from linfilt.hf import (config_classes, config_of, describe_outputs, model_logits, split_batch, store_steps,
                         stored_record)
-from linfilt.validation import check_class_ids, check_labels, check_optional_positive_int, check_positive_int
+from linfilt.validation import check_bool, check_class_ids, check_labels, check_optional_positive_int, check_positive_int
 
 # The record's step under the name it had here before one record served every layer.
 UnlearnStep = FiltrationStep
@@ -602,8 +602,9 @@ def unlearn(
     forget = check_class_ids(forget, "forget")
     per_class = check_optional_positive_int(per_class, "per_class")
     batch_size = check_positive_int(batch_size, "batch_size")
-    if not isinstance(keep_outputs, bool):
-        raise LinfiltError(f"keep_outputs must be True or False, got {keep_outputs!r}")
+    keep_outputs = check_bool(keep_outputs, "keep_outputs")
+    progress = check_bool(progress, "progress")
+    allow_pinv = check_bool(allow_pinv, "allow_pinv")
     if logits is not None and data is not None:
         raise LinfiltError("pass either data or precomputed logits=, not both")
     if logits is not None and labels is None:

@@ -41,7 +41,7 @@ from linfilt.errors import LinfiltError
 from linfilt.filtration import RECORD_ATTR as MODEL_RECORD_ATTR
 from linfilt.filtration import (Filtration, FiltrationRecord, absorb, check_class_counts, check_method_rng,
                                 compute_filtration, mean_logits)
-from linfilt.validation import check_optional_positive_int, is_int
+from linfilt.validation import check_bool, check_optional_positive_int, is_int
 
 # Where a filtered estimator keeps its FiltrationRecord (scikit-learn's "_" for fitted attributes).
 RECORD_ATTR = MODEL_RECORD_ATTR + "_"
@@ -260,6 +260,7 @@ def unlearn(estimator: Any, forget: Any, X: Any, y: Any, *, method: str = "norma
     warm-start it; `fit` retrains from scratch.
     """
     check_method_rng(method, rng)
+    check_bool(allow_pinv, "allow_pinv")
     per_class = check_optional_positive_int(per_class, "per_class")
     _check_supported(estimator)
     classes = np.asarray(estimator.classes_)

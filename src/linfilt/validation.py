@@ -39,6 +39,13 @@ def check_int(value: Any, name: str, *, minimum: int | None = None, maximum: int
     return value
 
 
+def check_bool(value: Any, name: str) -> bool:
+    """True or False (numpy's too): a flag given "no" or 0 must not quietly mean its truthiness."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise LinfiltError(f"{name} must be True or False, got {value!r} ({type(value).__name__})")
+    return bool(value)
+
+
 def check_positive_int(value: Any, name: str, *, maximum: int | None = None) -> int:
     if not is_int(value) or value < 1:
         raise LinfiltError(f"{name} must be a positive integer, got {value!r}")
