@@ -395,11 +395,12 @@ class _Outputs:
         earlier are skipped; any other label that is not a class of the model is an error."""
         keep = ~np.isin(labels, self.forgotten) if len(self.forgotten) else np.ones(len(labels), dtype=bool)
         lab = labels[keep]
-        table = np.full(int(self.ids.max()) + 1, -1, dtype=np.int64)  # original id -> output position
-        table[self.ids] = np.arange(self.k)
-        inside = (lab >= 0) & (lab < len(table))
-        pos = np.where(inside, table[np.where(inside, lab, 0)], -1)
-        bad = pos < 0
+        # original id -> output position by binary search: no table as large as the largest id
+        order = np.argsort(self.ids, kind="stable")
+        at = np.minimum(np.searchsorted(self.ids[order], lab), self.k - 1)
+        found = self.ids[order][at] == lab
+        pos = np.where(found, order[at], -1)
+        bad = ~found
         if np.any(bad):
             raise LinfiltError(
                 f"labels {sorted(set(lab[bad].tolist()))[:10]} are not classes of this model "
