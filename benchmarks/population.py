@@ -19,15 +19,20 @@ import time
 import torch
 
 from linfilt.paper.models import build
-from linfilt.paper.population import FASTEST, train_models
+from linfilt.paper.population import train_models
+from linfilt.paper.settings import FASTEST, PROTOCOL
+
+
+def _arch(dataset: str, shape: tuple[int, ...], **overrides) -> tuple:
+    proto = PROTOCOL[dataset]
+    return proto["arch"], {**proto["arch_kwargs"], **overrides}, shape, proto["batch_size"]
+
 
 # name -> (architecture, its settings, input shape, the paper's batch size)
 ARCHS = {
-    "mlp": ("mlp", {"in_features": 784, "hidden": (50,)}, (1, 28, 28), 32),
-    "cnn64": ("cifar_cnn", {"p": 64}, (3, 32, 32), 32),
-    "cnn256": ("cifar_cnn", {"p": 256}, (3, 32, 32), 32),
-    "cnn1024": ("cifar_cnn", {"p": 1024}, (3, 32, 32), 32),
-    "resnet": ("att_resnet", {}, (1, 112, 92), 8),
+    "mlp": _arch("mnist", (1, 28, 28)),
+    **{f"cnn{p}": _arch("cifar10", (3, 32, 32), p=p) for p in (64, 256, 1024)},
+    "resnet": _arch("att_faces", (1, 112, 92)),
 }
 
 

@@ -22,13 +22,15 @@ import torch
 from threadpoolctl import threadpool_limits
 
 import linfilt
-from linfilt.paper.cli.demo import BATCH, EPOCHS, HIDDEN
-from linfilt.paper.data import load, to_float
 from linfilt.errors import DataNotFoundError
+from linfilt.paper.data import load, to_float
 from linfilt.paper.models import build
 from linfilt.paper.population import fit
+from linfilt.paper.settings import PROTOCOL
 
 FORGET = 3
+# the `linfilt demo` model and the paper's MNIST MLP, each with its data set's training settings
+DATA = ("digits", "mnist")
 
 
 def median_time(fn: Callable[[], object], repeats: int) -> float:
@@ -68,12 +70,13 @@ def main() -> None:
     print(f"target F for k = 40 < 10 ms: {'met' if f40 < 0.010 else 'NOT met'} ({f40 * 1e3:.3f} ms)\n")
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)
+    batches = "/".join(dict.fromkeys(str(PROTOCOL[d]["batch_size"]) for d in DATA))
     print(f"unlearn one digit (s = 10 per class; median of {args.repeats}) vs retraining without it with the "
-          f"same settings (batch {BATCH}; median of {args.retrains}); torch threads: {torch.get_num_threads()}")
+          f"same settings (batch {batches}; median of {args.retrains}); torch threads: {torch.get_num_threads()}")
     print(f"{'data':>7}  {'MLP':>9}  {'epochs':>6}  {'images':>7}  {'unlearn (ms)':>12}  {'retrain (s)':>11}  "
           f"{'ratio':>10}  target >= 1000x")
-    time_unlearn("digits", HIDDEN, EPOCHS, args.repeats, args.retrains)  # the `linfilt demo` model
-    time_unlearn("mnist", (50,), 6, args.repeats, args.retrains)  # the paper's MNIST MLP
+    for data in DATA:
+        time_unlearn(data, args.repeats, args.retrains)
 
 
 def time_filtration(repeats: int, blas_threads: int) -> float:
@@ -94,24 +97,26 @@ def time_filtration(repeats: int, blas_threads: int) -> float:
     return f40
 
 
-def time_unlearn(data: str, hidden: tuple[int, ...], epochs: int, repeats: int, retrains: int) -> None:
-    """Print one row of part 2: unlearning one digit (s = 10) against retraining without it."""
+def time_unlearn(data: str, repeats: int, retrains: int) -> None:
+    """Print one row of part 2: unlearning one digit (s = 10) against retraining without it, for
+    the data set's MLP with its training settings (`linfilt.paper.settings.PROTOCOL`)."""
+    proto = PROTOCOL[data]
     try:
         ds = load(data)
     except DataNotFoundError as exc:
         print(f"{data}: skipped ({exc})")
         return
     x, y = to_float(ds.x_train), ds.y_train
-    settings = dict(epochs=epochs, batch_size=BATCH, seed=0)
-    arch = dict(in_features=x[0].size, hidden=hidden)
+    settings = dict(epochs=proto["epochs"], batch_size=proto["batch_size"], seed=0)
+    arch = proto["arch_kwargs"]
     torch.manual_seed(0)
-    model = fit(build("mlp", 10, **arch), x, y, **settings)  # also pays the one-time start-up costs
+    model = fit(build(proto["arch"], 10, **arch), x, y, **settings)  # also pays the one-time start-up costs
     keep = y != FORGET
     y_kept = np.searchsorted(linfilt.retained_classes(10, [FORGET]), y[keep])
 
     def retrain() -> None:
         torch.manual_seed(0)
-        fit(build("mlp", 9, **arch), x[keep], y_kept, **settings)
+        fit(build(proto["arch"], 9, **arch), x[keep], y_kept, **settings)
 
     def forget() -> None:
         linfilt.unlearn(model, [FORGET], (x, y), per_class=10)
@@ -120,8 +125,8 @@ def time_unlearn(data: str, hidden: tuple[int, ...], epochs: int, repeats: int, 
     t_unlearn = median_time(forget, repeats)
     t_retrain = median_time(retrain, retrains)
     ratio = t_retrain / t_unlearn
-    sizes = "-".join(map(str, (arch["in_features"], *hidden, 10)))
-    print(f"{data:>7}  {sizes:>9}  {epochs:>6}  {int(keep.sum()):>7}  {t_unlearn * 1e3:>12.2f}  "
+    sizes = "-".join(map(str, (arch["in_features"], *arch["hidden"], 10)))
+    print(f"{data:>7}  {sizes:>9}  {proto['epochs']:>6}  {int(keep.sum()):>7}  {t_unlearn * 1e3:>12.2f}  "
           f"{t_retrain:>11.2f}  {ratio:>9,.0f}x  {'met' if ratio >= 1000 else 'NOT met'}")
 
 

@@ -229,3 +229,20 @@ def test_a_damaged_stored_result_is_named(tmp_path, monkeypatch):
     (root / "metrics.json").write_text('{"experiment": {}}')
     with pytest.raises(CorruptFileError, match="metrics.json is not an experiment.*delete it"):
         runner.run_experiment(exp, tmp_path, progress=False)
+
+
+@pytest.mark.parametrize("text,words", [('{"experiment": ', "is unreadable"), ('{"experiment": {}}', "is not an experiment")])
+def test_a_damaged_stored_result_is_named_once_with_one_fix(tmp_path, text, words):
+    path = tmp_path / "metrics.json"
+    path.write_text(text)
+    with pytest.raises(CorruptFileError, match=words) as caught:
+        runner.read_result(path)
+    message = str(caught.value)
+    assert message.count(str(path)) == 1 and message.count("delete it") == 1
+
+
+@pytest.mark.parametrize("names", ["table1", None, [1], ["table1", None]])
+def test_artefacts_that_are_not_a_list_of_names_are_refused(names):
+    # a bare string would otherwise be read letter by letter, a number give an AttributeError
+    with pytest.raises(LinfiltError, match="artefacts must be a list of names"):
+        rep.resolve(names)

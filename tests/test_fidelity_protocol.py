@@ -145,3 +145,48 @@ def test_the_commands_take_the_protocol_and_the_fidelity_study(tmp_path, capsys)
     assert exit_.value.code == 2
     assert "invalid choice: 'paper'" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())  # refused before anything was written
+
+
+@pytest.mark.parametrize("protocol", [["ours"], {"authors": 1}])
+def test_a_protocol_that_is_not_a_name_is_refused_as_such(protocol):
+    with pytest.raises(LinfiltError, match="--protocol must be one of"):
+        dataclasses.replace(spec.EXPERIMENTS["mnist"], protocol=protocol)
+
+
+def test_reading_stored_populations_never_trains_the_missing_models(tmp_path, monkeypatch):
+    # a stored population of 2 models, asked for 4: `linfilt report` must refuse, not train 2 more
+    exp = _small()
+    seen, _, _ = _populations(models=2)
+    path = runner.results_dir(exp.population(), tmp_path, exp.name) / "logits" / "seen.npy"
+    path.parent.mkdir(parents=True)
+    np.save(path, seen)
+    monkeypatch.setattr(runner, "train_populations", lambda *a, **kw: pytest.fail("trained"))
+    with pytest.raises(LinfiltError, match=r"of 4 models at .*seen\.npy \(2 stored\)"):
+        runner.stored_logits(exp, tmp_path, "cpu", ("seen",))
+
+
+def test_a_fidelity_report_checks_out_before_auditing(tmp_path, monkeypatch):
+    from linfilt.paper.experiments import reproduce as rep
+
+    # without training, the study still audits what is missing and stores it under --out
+    monkeypatch.setattr(fidelity, "run", lambda *a, **kw: pytest.fail("audited before --out was checked"))
+    (tmp_path / "afile").write_text("not a folder")
+    with pytest.raises(LinfiltError, match="--out .*afile is a file"):
+        rep.reproduce(["fidelity"], tmp_path / "afile", train=False, report_dir=tmp_path / "report",
+                      progress=False)
+    assert not (tmp_path / "report").exists()
+
+
+def test_a_fidelity_report_names_a_missing_population_before_any_attack(tmp_path, monkeypatch):
+    seen, notseen, labels = _populations()
+    _fake_store(monkeypatch, fidelity, seen, notseen, labels)
+    monkeypatch.setattr(fidelity, "stored_logits", lambda *a, **kw: {"seen": seen, "notseen": notseen})
+    monkeypatch.setattr(fidelity.audit, "attack_advantage", lambda *a, **kw: pytest.fail("attacked first"))
+    exp = _small()
+    for population, logits in (("seen", seen), ("notseen", notseen)):  # seed 0's are stored, seed 2's not
+        path = runner.results_dir(exp.population(seed=0), tmp_path, exp.name) / "logits" / f"{population}.npy"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.save(path, logits)
+    with pytest.raises(LinfiltError, match=r"no stored seen population of mnist \(seed 2\)"):
+        fidelity.run(exp, tmp_path, seeds=(0, 2), train=False, progress=False)
+    assert not (result_dir(exp, tmp_path, "cpu") / "fidelity").exists()

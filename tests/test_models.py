@@ -180,3 +180,11 @@ def test_fit_rejects_bad_input():
         fit(model, x.astype(np.uint8), np.zeros(5, int), 1, 2)
     with pytest.raises(LinfiltError, match="shape"):
         fit(model, x, np.zeros(4, int), 1, 2)
+
+
+@pytest.mark.parametrize("make", [lambda: models.AttResNet(variant="Authors"),
+                                  lambda: models.ResidualBlock(8, 16, variant="keras")])
+def test_att_resnet_classes_refuse_an_unknown_variant(make):
+    # built directly (not through build), a typo used to give the authors' convolutions without their ReLU
+    with pytest.raises(LinfiltError, match="variant must be one of"):
+        make()

@@ -228,7 +228,7 @@ def test_cli_train_stores_what_the_api_returns(digits, tmp_path, capsys, monkeyp
     from linfilt.cli import main
     import linfilt.paper.population as population
 
-    monkeypatch.setattr(population, "_load_dataset", lambda name: digits)
+    monkeypatch.setattr(population, "load", lambda name: digits)
     code = main(["train", "digits", "--models", "2", "--forget", "0,1", "--population", "seen",
                  "notseen", "--epochs", "1", "--out", str(tmp_path), "--quiet"])
     assert code == 0
@@ -262,3 +262,15 @@ def test_growing_a_population_trains_only_the_new_models(digits, tmp_path):
     # a smaller request reads the prefix of the grown population
     again = train_populations(small, ("seen",), data=digits, out=tmp_path, progress=False)["seen"]
     np.testing.assert_array_equal(again, first["seen"])
+
+
+@pytest.mark.parametrize("script", ["unlearn_speed", "population", "data_load"])
+def test_the_benchmarks_import_against_the_current_layout(script):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{script}.py"
+    spec = importlib.util.spec_from_file_location(f"benchmark_{script}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # runs the imports only: main() is behind __name__ == "__main__"
+    assert callable(module.main)

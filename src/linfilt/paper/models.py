@@ -133,6 +133,7 @@ class ResidualBlock(nn.Module):
 
     def __init__(self, cin: int, cout: int, variant: str = "ours") -> None:
         super().__init__()
+        variant = _variant(variant, "att_resnet variant")  # a typo would mix the two networks
         self.conv1 = _conv(cin, cout, 3, 2, variant)
         self.bn1 = nn.BatchNorm2d(cout, eps=BN_EPS, momentum=BN_MOMENTUM)
         self.relu1 = nn.ReLU()
@@ -164,6 +165,7 @@ class AttResNet(nn.Module):
     def __init__(self, num_classes: int = 40, in_channels: int = 1,
                  widths: tuple[int, ...] = (16, 32, 64, 128, 256), variant: str = "ours") -> None:
         super().__init__()
+        variant = _variant(variant, "att_resnet variant")
         layers: list[nn.Module] = [
             _conv(in_channels, 8, 5, 1, variant),
             nn.BatchNorm2d(8, eps=BN_EPS, momentum=BN_MOMENTUM), nn.ReLU(),

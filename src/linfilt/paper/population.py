@@ -151,11 +151,16 @@ def _check_precision(strategy: str, precision: str) -> None:
                            "leaves autocast's outputs in float32); use strategy 'grouped' or 'loop'")
 
 
-def run_dir(cfg: PopulationConfig, out: str | Path = "runs", experiment: str = "populations") -> Path:
+def check_experiment_name(experiment: Any, name: str = "experiment") -> str:
+    """A plain folder name: "../x" or "a/b" would put the results outside `out`."""
     if not isinstance(experiment, str) or experiment in ("", ".", "..") or Path(experiment).name != experiment:
-        raise LinfiltError(f"experiment {experiment!r} must be a plain folder name (no path separators, "
-                           "not '.' or '..'): results stay under out")
-    return Path(out) / experiment / cfg.digest()
+        raise LinfiltError(f"{name} {experiment!r} must be a plain folder name (no path separators, "
+                           "not '.' or '..'): it names a subfolder of the results folder")
+    return experiment
+
+
+def run_dir(cfg: PopulationConfig, out: str | Path = "runs", experiment: str = "populations") -> Path:
+    return Path(out) / check_experiment_name(experiment) / cfg.digest()
 
 
 def default_chunk_size(cfg: PopulationConfig) -> int:
@@ -276,6 +281,14 @@ def _load_array(path: Path, shape: tuple[int, ...], dtype: type, check=None) -> 
         except OSError:
             pass  # a read-only folder: the checks above passed, the checksum waits for a writable one
     return arr
+
+
+def models_in(path: Path) -> int:
+    """How many models an assembled logits file (logits/<population>.npy) holds, from its header."""
+    try:
+        return int(np.load(path, mmap_mode="r", allow_pickle=False).shape[0])
+    except (ValueError, OSError, EOFError, IndexError) as exc:
+        raise CorruptFileError(f"{path} is unreadable ({exc}); {_REDO}") from None
 
 
 def _logits_problem(arr: np.ndarray) -> str | None:
@@ -408,7 +421,6 @@ class _Data:
     """A data set as float tensors on the training device, with the retained-class subset."""
 
     def __init__(self, dataset: Any, forget: tuple[int, ...], device: str) -> None:
-
         self.classes = [str(c) for c in dataset.classes]
         k = len(self.classes)
         self.forget = check_forget(k, forget)
@@ -506,20 +518,13 @@ class _Store:
         if not self.assembled(population):
             return None
         path = self.final_path(population)
-        arr = _load_array(path, (self._models_in(path),) + self.shape[population], np.float32,
+        arr = _load_array(path, (models_in(path),) + self.shape[population], np.float32,
                          _logits_problem)
         return arr[:self.cfg.models].copy() if len(arr) > self.cfg.models else arr
 
     def assembled(self, population: str) -> bool:
         path = self.final_path(population)
-        return path.is_file() and self._models_in(path) >= self.cfg.models
-
-    @staticmethod
-    def _models_in(path: Path) -> int:
-        try:
-            return int(np.load(path, mmap_mode="r", allow_pickle=False).shape[0])
-        except (ValueError, OSError, EOFError, IndexError) as exc:
-            raise CorruptFileError(f"{path} is unreadable ({exc}); {_REDO}") from None
+        return path.is_file() and models_in(path) >= self.cfg.models
 
     def model_path(self, population: str, j: int) -> Path:
         return self.root / "models" / population / f"{j:05d}.safetensors"
@@ -589,7 +594,6 @@ class _Runner:
 
     def _finish(self, population: str, indices: list[int], models: list[nn.Module]) -> None:
         """Save the models (if asked), then the logits: a chunk file means the chunk is done."""
-
         d = self.data
         ids = range(len(d.classes)) if population == "seen" else d.kept
         spec = ModelSpec(self.cfg.arch, self.cfg.arch_kwargs, tuple(int(i) for i in ids),
@@ -611,7 +615,6 @@ class _Runner:
 
     def _seen_models(self, indices: list[int], cache: dict[int, nn.Module]) -> list[nn.Module]:
         """Seen models j: in memory, saved, or retrained from their seeds (and then stored)."""
-
         missing = [j for j in indices if j not in cache]
         saved = [j for j in missing if self.store.model_path("seen", j).is_file()]
         for j in saved:
@@ -620,7 +623,8 @@ class _Runner:
         if retrain:
             models = self._train("seen", retrain)
             cache.update(zip(retrain, models))
-            todo = [j for j in retrain if j not in self.store.done("seen")]
+            done = self.store.done("seen")  # once: it lists the chunk files
+            todo = [j for j in retrain if j not in done]
             if todo:
                 self._finish("seen", todo, [cache[j] for j in todo])
             self.store.checkpoint("seen", retrain).delete()
@@ -633,7 +637,8 @@ class _Runner:
             for population in populations:
                 if self.store.assembled(population):
                     continue
-                todo = [j for j in chunk if j not in self.store.done(population)]
+                done = self.store.done(population)  # once: it lists the chunk files
+                todo = [j for j in chunk if j not in done]
                 if not todo:
                     continue
                 if self.store.block is not None and len(todo) < len(chunk):
@@ -650,11 +655,6 @@ class _Runner:
                 self._finish(population, todo, models)
         for bar in self.bars.values():
             bar.close()
-
-
-def _load_dataset(name: str) -> Any:
-
-    return load(name)
 
 
 def _check_config(path: Path, config: dict[str, Any]) -> None:
@@ -707,7 +707,7 @@ def train_populations(cfg: PopulationConfig, populations: Sequence[str] = ("seen
                                     "chunk_size")
     check_device(cfg.device)
     if data is None:
-        data = _load_dataset(cfg.dataset)
+        data = load(cfg.dataset)
     d = _Data(data, cfg.forget, cfg.device)
     root = run_dir(cfg, out, experiment)
     k = len(d.classes)

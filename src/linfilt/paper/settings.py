@@ -2,8 +2,15 @@
 engine, the experiments and their attack, the inversion figures and the demo. The other modules of
 `linfilt.paper` read these names and hold no such number of their own.
 
-Every stored result is keyed by a hash of the settings it was made with (a population's config, an
-experiment, the inversion's config), so a changed value here is never answered from a stale result.
+Stored results are keyed by a hash of what they were made with: a population by its config (data
+set, architecture and its settings, forget set, epochs, batch size, lr, seed, device type, strategy,
+precision) and `population.ENGINE_VERSION`; an experiment by its `spec.Experiment` fields (the
+EXPERIMENTS entry, MODELS, METHODS, ATTACK_SAMPLES, REPEATS, the protocol's name) and
+`spec.RUNNER_VERSION`; the inversion by all of INVERSION. A value outside those keys is not seen by
+stored results: when changing ADAM_EPS, BN_EPS or BN_MOMENTUM, bump ENGINE_VERSION; when changing
+a PROTOCOL entry that experiments leave at its default (their epochs, batch size, architecture
+settings) or what an ATTACK_PROTOCOLS entry means, bump RUNNER_VERSION (populations see the former
+themselves: their config holds the resolved values).
 The training and attack settings are the authors' (the paper and their published scripts; the
 README's "For researchers" section lists them); the comments say where one is ours.
 """

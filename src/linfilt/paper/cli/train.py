@@ -10,9 +10,10 @@ from linfilt.errors import LinfiltError
 from linfilt.filtration import retained_classes
 from linfilt.paper.models import ARCHITECTURES
 from linfilt.outputs import check_output_dir
-from linfilt.paper.population import POPULATIONS, PROTOCOL, STRATEGIES, PopulationConfig, results_dir, run_dir, \
-    train_populations
-from linfilt.paper.settings import LR, MODELS
+from linfilt.paper.population import POPULATIONS, STRATEGIES, PopulationConfig, check_experiment_name, \
+    results_dir, run_dir, train_populations
+from linfilt.paper.settings import LR, MODELS, PROTOCOL
+from linfilt.paper.training import PRECISIONS
 from linfilt.validation import check_class_ids, check_float, check_optional_positive_int, \
     check_positive_int, check_seed
 
@@ -32,7 +33,7 @@ def register(subparsers) -> None:
         "train", help="train populations of models (seen / notseen / transfer), keep their test logits",
         description="Train M models of one architecture with the paper's settings (overridable) and "
                     "store their test-set logits under OUT/EXPERIMENT/<config hash>/. Interrupted runs "
-                    "resume at the first unfinished chunk.")
+                    "resume at the last finished epoch.")
     p.add_argument("dataset", choices=sorted(PROTOCOL))
     p.add_argument("--arch", choices=sorted(ARCHITECTURES), help="default: the paper's for the data set")
     p.add_argument("--models", type=int, default=MODELS, help=f"models per population (default {MODELS})")
@@ -47,10 +48,11 @@ def register(subparsers) -> None:
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     p.add_argument("--strategy", choices=("auto",) + STRATEGIES, default="auto",
                    help="how models are batched (auto: the fastest measured for the device)")
-    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="bf16 autocast (for GPUs)")
     p.add_argument("--chunk-size", type=int,
-                   help="models trained at once (default 1 with the loop strategy, else 100)")
+                   help="models trained at once (default 1 with the loop strategy, else 100); with a "
+                        "batched strategy it changes the models' rounding, so each chunk size keeps its own results")
     p.add_argument("--save-models", action="store_true", help="also save every model (.safetensors)")
     p.add_argument("--out", default="runs", help="results folder (default ./runs)")
     p.add_argument("--experiment", default="populations", help="subfolder of OUT")
@@ -68,10 +70,7 @@ def _check_args(args: argparse.Namespace) -> None:
         check_positive_int(args.p, "--p", maximum=MAX_P)
     check_float(args.lr, "--lr", low=0, low_open=True)
     check_seed(args.seed, "--seed")
-    # A plain folder name: "../x" or "a/b" would put the results outside --out.
-    if args.experiment in ("", ".", "..") or Path(args.experiment).name != args.experiment:
-        raise LinfiltError(f"--experiment {args.experiment!r} must be a plain folder name "
-                           "(no '/', not '.' or '..'): it names a subfolder of --out")
+    check_experiment_name(args.experiment, "--experiment")
     check_output_dir(args.out, flag="--out")
     check_output_dir(Path(args.out) / args.experiment, flag="--experiment")
 

@@ -9,7 +9,6 @@ alone, since NN and RF see the same data under both algorithms. The experiment's
 """
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,9 +19,10 @@ from tqdm.auto import tqdm
 from linfilt import audit
 from linfilt.atomic import write_json
 from linfilt.attacks import samme_r
-from linfilt.errors import CorruptFileError, LinfiltError
+from linfilt.errors import LinfiltError
 from linfilt.paper.data import load
-from linfilt.paper.experiments.runner import result_dir, stored_logits, unlearn_population
+from linfilt.paper.experiments.runner import (check_stored, read_attack, result_dir, stored_logits,
+                                              unlearn_population)
 from linfilt.paper.experiments.spec import Experiment, parse_method
 from linfilt.paper.population import train_populations
 from linfilt.paper.settings import FIDELITY
@@ -45,18 +45,11 @@ class FidelityResult:
         return getattr(self.attacks[key].summary(), group)[classifier]
 
 
-def _read(path: Path) -> audit.AttackResult:
-    try:
-        return audit.AttackResult.from_json(json.loads(path.read_text()))
-    except (OSError, ValueError, LinfiltError) as exc:
-        raise CorruptFileError(f"{path} is unreadable ({exc}); delete it and rerun the same command, "
-                               "which recomputes it") from None
-
-
 def run(exp: Experiment, out: str | Path, device: str = "cpu", *, seeds: tuple[int, ...] | None = None,
         train: bool = True, n_jobs: int = 1, progress: bool = True) -> FidelityResult:
     """Every attack of the fidelity table, computed or read back. train=False reads stored
-    populations only (LinfiltError names a missing one); train=True trains what is missing."""
+    populations only (LinfiltError names a missing one, before any attack runs); train=True
+    trains what is missing."""
     if exp.protocol != "ours":
         raise LinfiltError("the fidelity study varies the protocol itself; run it on the default one")
     seeds = tuple(FIDELITY["seeds"] if seeds is None else seeds)
@@ -64,21 +57,26 @@ def run(exp: Experiment, out: str | Path, device: str = "cpu", *, seeds: tuple[i
     labels, k, forget = np.asarray(data.y_test), len(data.classes), tuple(exp.forget)
     samples = exp.samples(k)
     root = result_dir(exp, out, device)
+    paths: dict[int, dict[Key, Path]] = {seed: {} for seed in seeds}
+    for seed in seeds:
+        for row in FIDELITY["rows"]:
+            own = root / "attacks" / f"{row}.json"
+            for sampling in SAMPLINGS:
+                for algorithm in ALGORITHMS:
+                    paths[seed][seed, sampling, algorithm, row] = (
+                        own if (seed, sampling, algorithm) == (exp.seed, "ours", "SAMME") and own.is_file()
+                        else root / "fidelity" / f"seed{seed}-{sampling}-{algorithm}-{row}.json")
+    if not train:  # every population that an attack still needs is stored, before the first attack
+        for seed in seeds:
+            if any(not path.is_file() for path in paths[seed].values()):
+                check_stored(exp, out, device, ("seen", "notseen"), seed=seed)
     attacks: dict[Key, audit.AttackResult] = {}
     total = len(seeds) * len(FIDELITY["rows"]) * len(SAMPLINGS) * len(ALGORITHMS) * exp.repeats * k
     bar = tqdm(total=total, desc=f"{exp.name}: fidelity", unit="attack", disable=not progress)
     for seed in seeds:
-        paths = {}
-        for row in FIDELITY["rows"]:
-            for sampling in SAMPLINGS:
-                for algorithm in ALGORITHMS:
-                    own = root / "attacks" / f"{row}.json"
-                    paths[seed, sampling, algorithm, row] = (
-                        own if (seed, sampling, algorithm) == (exp.seed, "ours", "SAMME") and own.is_file()
-                        else root / "fidelity" / f"seed{seed}-{sampling}-{algorithm}-{row}.json")
-        todo = [key for key, path in paths.items() if not path.is_file()]
-        for key in paths.keys() - set(todo):
-            attacks[key] = _read(paths[key])
+        todo = [key for key, path in paths[seed].items() if not path.is_file()]
+        for key in paths[seed].keys() - set(todo):
+            attacks[key] = read_attack(paths[seed][key])
             bar.update(exp.repeats * k)
         if not todo:
             continue
@@ -97,6 +95,6 @@ def run(exp: Experiment, out: str | Path, device: str = "cpu", *, seeds: tuple[i
                 unlearned[row], logits["notseen"], labels, forget, repeats=exp.repeats, seed=exp.seed,
                 train_samples=samples, test_samples=samples, sampling=sampling,
                 classifiers=ALGORITHMS[algorithm], n_jobs=n_jobs, progress=lambda: bar.update())
-            write_json(paths[key], attacks[key].to_json())
+            write_json(paths[seed][key], attacks[key].to_json())
     bar.close()
     return FidelityResult(exp, device, {key: attacks[key] for key in sorted(attacks)})

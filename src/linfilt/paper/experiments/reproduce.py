@@ -2,19 +2,18 @@
 artefacts and write one `report.md` with our numbers, intervals and the paper's beside them."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Sequence
 
 from linfilt.atomic import write_text
-from linfilt.errors import CorruptFileError, LinfiltError
+from linfilt.errors import LinfiltError
 from linfilt.outputs import check_output_dir, check_output_file
 from linfilt.paper.experiments import fidelity, inversion
-from linfilt.paper.experiments.runner import (ExperimentResult, read_result, result_dir, run_experiment,
-                                              with_before_all)
-from linfilt.paper.experiments.spec import ARTIFACTS, EXPERIMENTS, Experiment
+from linfilt.paper.experiments.runner import (ExperimentResult, read_result, read_stored, result_dir,
+                                              run_experiment, with_before_all)
+from linfilt.paper.experiments.spec import ARTIFACTS, EXPERIMENTS, Experiment, check_protocol
 from linfilt.paper.report import figures, render, render_fidelity, render_inversion
-from linfilt.paper.settings import ATTACK_PROTOCOLS, FASTEST, FIDELITY
+from linfilt.paper.settings import FASTEST, FIDELITY
 from linfilt.paper.training import check_device
 from linfilt.validation import check_n_jobs, check_optional_positive_int
 
@@ -26,6 +25,8 @@ FIDELITY_NAME = "fidelity"
 def resolve(names: Sequence[str]) -> list[str]:
     """Artefact names in paper order (tables, then figures), then "fidelity" if named; "all"
     expands to the paper's artefacts; "table1".."figure6"."""
+    if not isinstance(names, (list, tuple)) or not all(isinstance(name, str) for name in names):
+        raise LinfiltError(f"artefacts must be a list of names like ['table1', 'figure3'], got {names!r}")
     chosen = set()
     for name in names:
         name = name.lower().replace(" ", "")
@@ -54,7 +55,8 @@ def reproduce(artifacts: Sequence[str], out: str | Path = "runs", *, models: int
 
     protocol: the attack protocol, "ours" or "authors" (settings.ATTACK_PROTOCOLS). "fidelity"
     among the artefacts adds the fidelity study (linfilt.paper.experiments.fidelity) on the
-    default protocol.
+    default protocol; with train=False too, it audits the stored populations for the attacks
+    not stored yet, and stores them under `out`.
 
     Every argument and output path is checked before the first experiment starts. The report and
     its figures are this function's products: they replace earlier ones, but never an input."""
@@ -62,12 +64,12 @@ def reproduce(artifacts: Sequence[str], out: str | Path = "runs", *, models: int
     for flag, value in (("--models", models), ("--epochs", epochs), ("--repeats", repeats)):
         check_optional_positive_int(value, flag)
     check_n_jobs(n_jobs, "--jobs")
-    if protocol not in ATTACK_PROTOCOLS:
-        raise LinfiltError(f"--protocol must be one of {sorted(ATTACK_PROTOCOLS)}, got {protocol!r}")
+    check_protocol(protocol)
     if FIDELITY_NAME in artifacts and protocol != "ours":
         raise LinfiltError("fidelity compares the protocols itself: run it without --protocol")
     if train:
         _check_device(device)
+    if train or FIDELITY_NAME in artifacts:  # the fidelity study stores what it audits, for a report too
         check_output_dir(out, flag="--out")
     out = Path(out)
     flag = "--out" if report_dir is None else "--report-dir"
@@ -133,11 +135,7 @@ def _inversion_result(folder: Path, config: dict, device: str, train: bool,
                       progress: bool) -> inversion.InversionResult:
     metrics_path = folder / "metrics.json"
     if metrics_path.is_file():
-        try:
-            return inversion.InversionResult.from_json(json.loads(metrics_path.read_text()))
-        except (OSError, ValueError, LinfiltError) as exc:
-            raise CorruptFileError(f"{metrics_path} is unreadable ({exc}); delete it and rerun "
-                                   "`linfilt reproduce` to recompute it") from None
+        return read_stored(metrics_path, inversion.InversionResult.from_json)
     if train:
         return inversion.run(folder, epochs=config["epochs"], device=device, progress=progress)
     raise LinfiltError(f"no inversion results at {metrics_path}; run `linfilt reproduce figure5` first")

@@ -11,10 +11,10 @@ import dataclasses
 import functools
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -25,7 +25,9 @@ from linfilt.paper.data import load
 from linfilt.errors import CorruptFileError, LinfiltError
 from linfilt.paper.experiments.spec import Experiment, parse_method
 from linfilt.filtration import filtration_matrix, mean_logits, retained_classes
-from linfilt.paper.population import results_dir, train_populations
+from linfilt.paper.population import PopulationConfig, models_in, results_dir, train_populations
+
+T = TypeVar("T")
 
 
 def unlearn_population(seen: np.ndarray, labels: np.ndarray, forget: tuple[int, ...], method: str,
@@ -93,26 +95,34 @@ class ExperimentResult:
             raise LinfiltError(f"not an experiment's metrics: {exc!r}") from None
 
 
-def _read_json(path: Path) -> Any:
-    """A JSON file this runner wrote, or CorruptFileError saying how to recompute it."""
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise CorruptFileError(f"{path} is unreadable ({exc}); delete it and rerun the same command, "
-                               "which recomputes it") from None
-
-
 def result_dir(exp: Experiment, out: str | Path, device: str) -> Path:
     return Path(out) / exp.name / f"{exp.digest()}-{device.split(':')[0]}"
 
 
-def read_result(path: Path) -> ExperimentResult:
-    """A metrics.json this runner wrote, or CorruptFileError saying how to recompute it."""
+_RECOMPUTE = "delete it and rerun the same command, which recomputes it"
+
+
+def read_stored(path: Path, from_json: Callable[[Any], T]) -> T:
+    """A JSON file that a run wrote, parsed by `from_json` (a typed result's); CorruptFileError
+    names the file and says how to recompute it."""
     try:
-        return ExperimentResult.from_json(_read_json(path))
+        stored = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise CorruptFileError(f"{path} is unreadable ({exc}); {_RECOMPUTE}") from None
+    try:
+        return from_json(stored)
     except LinfiltError as exc:
-        raise CorruptFileError(f"{path} is {exc}; delete it and rerun the same command, which "
-                               "recomputes it") from None
+        raise CorruptFileError(f"{path} is {exc}; {_RECOMPUTE}") from None
+
+
+def read_attack(path: Path) -> audit.AttackResult:
+    """An attack's JSON that the runner (or the fidelity study) wrote; see `read_stored`."""
+    return read_stored(path, audit.AttackResult.from_json)
+
+
+def read_result(path: Path) -> ExperimentResult:
+    """A metrics.json that `run_experiment` wrote; see `read_stored`."""
+    return read_stored(path, ExperimentResult.from_json)
 
 
 def attack_options(exp: Experiment) -> dict[str, Any]:
@@ -123,16 +133,25 @@ def attack_options(exp: Experiment) -> dict[str, Any]:
             "classifiers": audit.AUTHORS_CLASSIFIERS if samme_r else audit.DEFAULT_CLASSIFIERS}
 
 
-def stored_logits(exp: Experiment, out: str | Path, device: str, populations: tuple[str, ...],
-                  seed: int | None = None, data: Any = None) -> dict[str, np.ndarray]:
-    """Logits of finished populations of `exp` (population seed `seed`, default the experiment's),
-    read without training; LinfiltError names the first one that is not stored."""
+def check_stored(exp: Experiment, out: str | Path, device: str, populations: tuple[str, ...],
+                 seed: int | None = None) -> PopulationConfig:
+    """The config of finished populations of `exp` (population seed `seed`, default the
+    experiment's), without reading them; LinfiltError names the first one not stored in full."""
     cfg = exp.population(device, seed=seed)
     for population in populations:
         path = results_dir(cfg, out, exp.name) / "logits" / f"{population}.npy"
-        if not path.is_file():
-            raise LinfiltError(f"no stored {population} population of {exp.name} (seed {cfg.seed}) at "
-                               f"{path}; run `linfilt reproduce` to train it")
+        stored = models_in(path) if path.is_file() else 0
+        if stored < cfg.models:  # (train_populations would train the missing ones)
+            raise LinfiltError(f"no stored {population} population of {exp.name} (seed {cfg.seed}) of "
+                               f"{cfg.models} models at {path} ({stored} stored); run `linfilt reproduce` "
+                               "to train it")
+    return cfg
+
+
+def stored_logits(exp: Experiment, out: str | Path, device: str, populations: tuple[str, ...],
+                  seed: int | None = None, data: Any = None) -> dict[str, np.ndarray]:
+    """Logits of finished populations of `exp` (see `check_stored`), read without training."""
+    cfg = check_stored(exp, out, device, populations, seed)
     return train_populations(cfg, populations, data=data, out=out, experiment=exp.name, progress=False)
 
 
@@ -194,11 +213,7 @@ def run_experiment(exp: Experiment, out: str | Path = "runs", device: str = "cpu
     for row, (attack, first, second) in rows.items():
         path = root / "attacks" / f"{row}.json"
         if path.is_file():
-            try:
-                attacks[row] = audit.AttackResult.from_json(_read_json(path))
-            except LinfiltError as exc:
-                raise CorruptFileError(f"{path} is {exc}; delete it and rerun the same command, "
-                                       "which recomputes it") from None
+            attacks[row] = read_attack(path)
             bar.update(exp.repeats * k)
             continue
         attacks[row] = attack(first, second, labels, forget, repeats=exp.repeats, seed=exp.seed,

@@ -30,6 +30,13 @@ def parse_method(label: str) -> tuple[str, int | None]:
     return method, (int(s) if s else None)
 
 
+def check_protocol(protocol: Any) -> str:
+    """A key of settings.ATTACK_PROTOCOLS."""
+    if not isinstance(protocol, str) or protocol not in settings.ATTACK_PROTOCOLS:
+        raise LinfiltError(f"--protocol must be one of {sorted(settings.ATTACK_PROTOCOLS)}, got {protocol!r}")
+    return protocol
+
+
 @dataclass(frozen=True)
 class Experiment:
     name: str
@@ -49,9 +56,7 @@ class Experiment:
     protocol: str = "ours"  # a key of settings.ATTACK_PROTOCOLS
 
     def __post_init__(self) -> None:
-        if self.protocol not in settings.ATTACK_PROTOCOLS:
-            raise LinfiltError(f"--protocol must be one of {sorted(settings.ATTACK_PROTOCOLS)}, "
-                               f"got {self.protocol!r}")
+        check_protocol(self.protocol)
 
     def to_json(self) -> dict[str, Any]:
         """Every field, JSON-ready (the form of experiment.json and of metrics.json's "experiment")."""
@@ -75,13 +80,13 @@ class Experiment:
         """The same experiment at another scale, or attack protocol (None keeps the current value)."""
         changes = {k: v for k, v in (("models", models), ("epochs", epochs), ("repeats", repeats))
                    if v is not None}
-        if protocol is not None:
-            return dataclasses.replace(self.scaled(models, epochs, repeats), protocol=protocol)
         for k, v in changes.items():
             if v < 1:
                 raise LinfiltError(f"--{k} must be a positive integer, got {v}")
         if changes.get("models", self.models) < 4:
             raise LinfiltError("the attack's 70/30 model split needs at least 4 models per population")
+        if protocol is not None:
+            changes["protocol"] = protocol  # checked by __post_init__
         return dataclasses.replace(self, **changes)
 
     @property
