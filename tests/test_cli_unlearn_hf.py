@@ -221,3 +221,22 @@ def test_bad_weights_and_configs_write_nothing(bert, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "transformers", None)
     _one_error(tmp, capsys, r"need the transformers library: pip install linfilt\[hf\]",
                tmp / "model", "--forget", "1", *data)
+
+
+def test_the_data_runs_through_the_model_once_before_and_once_after(setup, monkeypatch):
+    """The head is found on one sample and A comes from the logits the command computed anyway."""
+    kind, model, x, y, tmp = setup
+    seen = []
+    load = linfilt.cli.unlearn.load_model_dir
+
+    def counting(path, config):
+        loaded = load(path, config)
+        loaded.register_forward_pre_hook(lambda m, args, kwargs: seen.append(
+            len(next(v for v in kwargs.values() if isinstance(v, torch.Tensor)))), with_kwargs=True)
+        return loaded
+
+    monkeypatch.setattr(linfilt.cli.unlearn, "load_model_dir", counting)
+    assert _run(tmp / "model", "--forget", "bee", "--data", tmp / "data.npz", "--out", tmp / "u1") == 0
+    # the loaded model's own passes: one fit check sample, one head-finding sample, then all of x;
+    # the unlearned copy (a deep copy keeps the hook) runs x once more
+    assert sum(seen) == 2 + 2 * len(y)

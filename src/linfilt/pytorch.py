@@ -511,6 +511,17 @@ def _from_data(model: nn.Module, head: str | nn.Module | None, outputs_of: _Make
     )
 
 
+def find_head(model: nn.Module, x: Any) -> str:
+    """The dotted path of the nn.Linear whose output is the model's logits, found by running the
+    model once (eval mode, no gradients) on x: a batch of inputs, or a dict of model inputs. With
+    it, logits computed elsewhere can be passed as `unlearn(..., logits=, labels=, head=)`."""
+    _check_model(model)
+    runner = _Runner(model, None)
+    with _inference(model):
+        runner(x)
+    return runner.head[0]
+
+
 @contextlib.contextmanager
 def _inference(model: nn.Module) -> Iterator[None]:
     """Eval mode without gradients; each module's own train/eval mode is restored after."""
@@ -657,5 +668,5 @@ def unlearn(
     return new_model
 
 
-__all__: Sequence[str] = ("unlearn", "classes_of", "predict_ids", "load_unlearned", "FiltrationRecord", "FiltrationStep",
+__all__: Sequence[str] = ("unlearn", "find_head", "classes_of", "predict_ids", "load_unlearned", "FiltrationRecord", "FiltrationStep",
                           "UnlearnStep", "RECORD_ATTR", "CLASSES_BUFFER")

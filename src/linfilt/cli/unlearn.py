@@ -22,7 +22,6 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import StackDataset
 from tqdm.auto import tqdm
 
 from linfilt import plugins
@@ -32,7 +31,7 @@ from linfilt.hf import (class_names, config_record, load_config, load_model_dir,
                         save_model_dir)
 from linfilt.modelio import load_model, save_model
 from linfilt.outputs import check_output_dir, check_output_file
-from linfilt.pytorch import unlearn
+from linfilt.pytorch import find_head, unlearn
 from linfilt.validation import check_class_ids, check_labels, check_optional_positive_int, check_seed
 
 CHUNK = 4096  # samples per forward-pass chunk of a model file (progress granularity)
@@ -375,11 +374,9 @@ def run(args: argparse.Namespace) -> int:
     batch = args.batch_size or (HF_BATCH if hf else CHUNK)
     before = _logits(model, x, device, "before", batch)
     options = dict(method=args.method, per_class=args.per_class, rng=args.seed, allow_pinv=args.allow_pinv)
-    if hf:  # unlearn runs the model itself, finding the head among its Linear layers by their outputs
-        data = StackDataset(**{k: torch.from_numpy(v) for k, v in x.items()}, labels=torch.from_numpy(y))
-        new = unlearn(model, forget, data, batch_size=batch, **options)
-    else:
-        new = unlearn(model, forget, logits=before, labels=y, **options)
+    # a transformers model has many Linear layers: one sample tells which one gives the logits
+    head = find_head(model, {k: torch.from_numpy(v) for k, v in _take(x, slice(0, 1)).items()}) if hf else None
+    new = unlearn(model, forget, logits=before, labels=y, head=head, **options)
     after = _logits(new, x, device, "after", batch)
     if hf:
         record = record_steps(new, dict(zip(ids, names)), new_steps=1)
