@@ -310,3 +310,12 @@ def test_run_resnet_refuses_a_model_without_one_output_per_person(tmp_path):
     with pytest.raises(LinfiltError, match="40"):
         exp.run_resnet(tmp_path, _Pooled(10), progress=False)
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("overrides, words", [(dict(person="0"), "person must be an integer"),
+                                              (dict(epochs=2.5), "epochs must be an integer"),
+                                              (dict(seed=-1), "seed must be >= 0"),
+                                              (dict(step_size=float("nan")), "step_size must be finite")])
+def test_inversion_settings_of_the_wrong_kind_are_refused(overrides, words):
+    with pytest.raises(LinfiltError, match=words):
+        exp.inversion_config(**overrides)

@@ -39,6 +39,7 @@ from linfilt.paper.models import build, initialize
 from linfilt.paper.population import PopulationConfig, fit, predict_logits, run_dir, train_population
 from linfilt.paper.settings import INVERSION, INVERSION_RESNET
 from linfilt.pytorch import unlearn
+from linfilt.validation import check_float, check_int, is_int
 
 PEOPLE = INVERSION["people"]
 METHODS = ("naive", "normalization")  # the columns of the figures and tables
@@ -56,8 +57,14 @@ def inversion_config(**overrides: Any) -> dict[str, Any]:
     unknown = sorted(set(overrides) - set(INVERSION))
     if unknown:
         raise LinfiltError(f"unknown inversion setting(s) {unknown}; known: {sorted(INVERSION)}")
-    config = {**INVERSION, **{k: v for k, v in overrides.items() if v is not None}}
-    return json.loads(json.dumps(config))
+    given = {k: v for k, v in overrides.items() if v is not None}
+    for key, value in given.items():  # of the kind of the default: person="0" is no person
+        default = INVERSION[key]
+        if is_int(default):
+            check_int(value, key, minimum=0)
+        elif isinstance(default, float):
+            check_float(value, key)
+    return json.loads(json.dumps({**INVERSION, **given}))
 
 
 def result_dir(out: str | os.PathLike, config: Mapping[str, Any], device: str) -> Path:
