@@ -209,6 +209,11 @@ def check_forget(num_classes: int, forget: int | Iterable[int]) -> tuple[int, ..
 def retained_classes(num_classes: int, forget: int | Iterable[int]) -> np.ndarray:
     """The one mapping from new output index i to original class id: the kept ids, ascending."""
     forget = check_forget(num_classes, forget)  # num_classes too, before it sizes an array
+    return _kept(num_classes, forget)
+
+
+def _kept(num_classes: int, forget: tuple[int, ...]) -> np.ndarray:
+    """The kept ids, ascending, of a checked forget set."""
     mask = np.ones(num_classes, dtype=bool)
     mask[list(forget)] = False
     return np.flatnonzero(mask).astype(np.int64)
@@ -254,8 +259,14 @@ def select_per_class(
     s (without replacement) when rng is given. Returned grouped by class, ascending class id."""
     labels = check_labels(labels, num_classes=num_classes)
     per_class = check_positive_int(per_class, "per_class")
-    rng = check_random_state(rng)
     counts = check_class_counts(labels, num_classes, per_class)
+    return _pick_per_class(labels, counts, per_class, check_random_state(rng))
+
+
+def _pick_per_class(labels: np.ndarray, counts: np.ndarray, per_class: int,
+                    rng: np.random.Generator | None) -> np.ndarray:
+    """select_per_class on checked labels whose counts (at least per_class each) are known."""
+    num_classes = len(counts)
     order = _class_order(labels, num_classes)
     starts = np.concatenate(([0], np.cumsum(counts)))
     picks = []
@@ -287,9 +298,9 @@ def mean_logits(
     if labels.shape[0] != logits.shape[0]:
         raise LinfiltError(f"{logits.shape[0]} logit rows but {labels.shape[0]} labels")
     per_class = check_optional_positive_int(per_class, "per_class")
-    counts = check_class_counts(labels, num_classes)
+    counts = check_class_counts(labels, num_classes, per_class)
     if per_class is not None:
-        idx = select_per_class(labels, num_classes, per_class, rng)
+        idx = _pick_per_class(labels, counts, per_class, check_random_state(rng))
         logits, labels = logits[idx], labels[idx]
         counts = np.bincount(labels, minlength=num_classes)
     logits = logits.astype(np.float64)
@@ -388,7 +399,7 @@ def compute_filtration(
     _finite("A", A)
     k = A.shape[0]
     forget = check_forget(k, forget)
-    kept = retained_classes(k, forget)
+    kept = _kept(k, forget)
     B = _target(A, forget, kept, method, rng)
     no_offset = np.zeros(len(kept))
     if method == "naive":  # F = pi exactly (the paper's (0 | I)): cutting rows needs no inverse
@@ -413,7 +424,7 @@ def projection(num_classes: int, forget: int | Iterable[int]) -> Filtration:
     """naive's filtration without data: F = pi, the identity's rows of the kept classes. No A is
     estimated or solved, so its recorded condition number is that of the identity, 1."""
     forget = check_forget(num_classes, forget)
-    kept = retained_classes(num_classes, forget)
+    kept = _kept(num_classes, forget)
     return Filtration(np.eye(num_classes)[kept], forget, tuple(kept.tolist()), "naive", 1.0, False,
                       np.zeros(len(kept)))
 
