@@ -154,6 +154,23 @@ ROWS = [
     _row("report", "table1", *SCALE, "--report-dir", "afile"),
     _row("report", "table1", "--models", "0"),
     _row("report", "bogus"),
+    # train / reproduce on a Ray cluster (refused before Ray starts; without Ray installed, by the
+    # install hint)
+    _row(*TRAIN, "--backend", "spark"),
+    _row(*TRAIN, "--address", "10.0.0.1:6379"),
+    _row(*TRAIN, "--gpus-per-task", "1"),
+    _row(*TRAIN, "--backend", "ray", "--cpus-per-task", "0"),
+    _row(*TRAIN, "--backend", "ray", "--cpus-per-task", "nan"),
+    _row(*TRAIN, "--backend", "ray", "--gpus-per-task", "-1"),
+    _row(*TRAIN, "--backend", "ray", "--gpus-per-task", "1"),
+    _row(*TRAIN, "--backend", "ray", "--device", "cuda:1"),
+    _row(*TRAIN, "--backend", "ray", "--device", "cuda", "--gpus-per-task", "1.5"),
+    _row(*TRAIN, "--backend", "ray", "--device", "tpu"),
+    _row(*TRAIN, "--backend", "ray", "--address", " "),
+    _row(*TRAIN, "--backend", "ray", "--address", "127.0.0.1:1"),
+    _row("reproduce", "table1", *SCALE, "--backend", "ray", "--cpus-per-task", "-1"),
+    _row("reproduce", "table1", *SCALE, "--address", "10.0.0.1:6379"),
+    _row("reproduce", "table1", *SCALE, "--backend", "ray", "--device", "tpu"),
 ]
 
 

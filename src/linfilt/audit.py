@@ -10,6 +10,10 @@ a library"): for each true class c, logit vectors of unlearned models on images 
 and are scored on the vectors of the other group, so no model ever contributes to both sides.
 Advantage = 2 (accuracy - 1/2).
 
+Stronger attacks: `STRONG_CLASSIFIERS` (logistic regression, a small MLP) for `classifiers=`,
+and `features="sorted"` (label-free: each logit vector sorted); `linfilt.lira` (a per-image
+likelihood-ratio test) and `linfilt.probe` (white-box tests of the head) go beyond logit vectors.
+
 Image sampling: "ours" (the default) draws a fresh subset of a class' images for every model;
 "authors" draws one subset per (population, side) that every model on that side shares, as the
 authors' scripts did (`SAMPLING` says more).
@@ -26,15 +30,23 @@ of the same shapes use the same splits and images, so two methods are compared p
 """
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
 from joblib import Parallel, delayed
+from joblib.parallel import get_active_backend
 from scipy import stats
 from sklearn.ensemble import AdaBoostClassifier, RandomForestClassifier
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.linear_model import LogisticRegression
 from sklearn.neighbors import KNeighborsClassifier
+from sklearn.neural_network import MLPClassifier
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from threadpoolctl import threadpool_limits
 
 from linfilt.attacks import samme_r
 from linfilt.errors import LinfiltError
@@ -45,7 +57,9 @@ from linfilt.validation import (check_bool, check_class_id, check_class_ids, che
 __all__ = [
     "AUTHORS_CLASSIFIERS",
     "DEFAULT_CLASSIFIERS",
+    "FEATURES",
     "SAMPLING",
+    "STRONG_CLASSIFIERS",
     "AccuracyLoss",
     "AttackResult",
     "AttackSets",
@@ -56,6 +70,7 @@ __all__ = [
     "Summary",
     "attack_advantage",
     "check_population",
+    "classifier_advantages",
     "difference",
     "draw_attack_sets",
     "estimate",
@@ -115,6 +130,37 @@ DEFAULT_CLASSIFIERS: Mapping[str, ClassifierFactory] = {
     "NN": _nearest_neighbours,
     "RF": _random_forest,
     "AB": _adaboost,
+}
+
+
+def _logistic_regression(seed: int) -> Classifier:
+    return make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
+
+
+def _mlp(seed: int) -> Classifier:
+    # One hidden layer of 32 units; Adam at step size 0.01 (default 0.001) until the training loss
+    # stops improving (200 epochs at most); L2 weight alpha=1 (scikit-learn divides it by the row
+    # count, so it fades with more data). Early stopping on 10% held-out rows instead kept, on
+    # small or separable sets, a network of its first epochs; this was as accurate or more on
+    # 140 to 21,000 rows of mean and spread shifts, and about as fast.
+    return make_pipeline(StandardScaler(), MLPClassifier((32,), alpha=1.0, learning_rate_init=0.01,
+                                                         max_iter=200, random_state=seed))
+
+
+# Stronger attacks than the paper's, for `classifiers=` (alone or merged with the defaults):
+# logistic regression and a small MLP, both on standardised features.
+STRONG_CLASSIFIERS: Mapping[str, ClassifierFactory] = {
+    "LR": _logistic_regression,
+    "MLP": _mlp,
+}
+
+# What the attack classifiers see of each logit vector (`features=`):
+FEATURES: Mapping[str, str] = {
+    # The paper's attack: output i is the same class in every model.
+    "logits": "each logit vector as it is",
+    # Label-free: the same whichever order the outputs come in, so it finds what a shift of
+    # confidence reveals even where the attacker does not know, or use, which output is which.
+    "sorted": "each logit vector sorted in descending order",
 }
 
 # How each model's images of the attacked class are drawn, per side of the attack (with
@@ -348,6 +394,7 @@ def draw_attack_sets(
     replace: bool = False,
     disjoint_images: bool = False,
     sampling: str = "ours",
+    features: str = "logits",
 ) -> AttackSets:
     """The data that `attack_advantage`, with the same arguments, attacks for class `cls` in
     repeat `repeat`: for inspecting an attack or running one of your own."""
@@ -357,6 +404,7 @@ def draw_attack_sets(
     labels = _labels(labels, unlearned.shape[1])
     test_fraction = _check_fraction(test_fraction)
     _check_sampling(sampling)
+    _check_features(features)
     cls = check_class_id(cls, "cls")
     repeat = check_int(repeat, "repeat", minimum=0)
     n_tests = (
@@ -366,6 +414,7 @@ def draw_attack_sets(
     counts = (_count(train_samples, cls, "train_samples"), _count(test_samples, cls, "test_samples"))
     entropy = _entropy(seed)
     orders = _orders(entropy, repeat, fixed_first, (unlearned.shape[0], retrained.shape[0]))
+    unlearned, retrained = _featurise(unlearned, features), _featurise(retrained, features)
     return _attack_sets(unlearned, retrained, _class_images(labels, cls), orders, n_tests, counts,
                         replace, disjoint_images, test_fraction, sampling,
                         _class_rng(entropy, repeat, cls))
@@ -374,6 +423,16 @@ def draw_attack_sets(
 def _check_sampling(sampling: str) -> None:
     if not isinstance(sampling, str) or sampling not in SAMPLING:
         raise LinfiltError(f"sampling must be one of {sorted(SAMPLING)}, got {sampling!r}")
+
+
+def _check_features(features: str) -> None:
+    if not isinstance(features, str) or features not in FEATURES:
+        raise LinfiltError(f"features must be one of {sorted(FEATURES)}, got {features!r}")
+
+
+def _featurise(logits: np.ndarray, features: str) -> np.ndarray:
+    """What the attack classifiers see of each logit vector (`FEATURES`); "logits" is the input itself."""
+    return logits if features == "logits" else np.flip(np.sort(logits, axis=2), axis=2)
 
 
 def _check_fraction(test_fraction: float) -> float:
@@ -448,7 +507,8 @@ def estimate(
 class AttackResult:
     """Advantages of every repeat, attacked class and classifier.
 
-    `advantages[r, i, j]` is repeat r, class `classes[i]`, classifier `classifiers[j]`.
+    `advantages[r, i, j]` is repeat r, class `classes[i]`, classifier `classifiers[j]`;
+    `features` is what the classifiers saw of each logit vector (a key of `FEATURES`).
     """
 
     advantages: np.ndarray
@@ -459,6 +519,7 @@ class AttackResult:
     interval: str
     level: float
     seed: int
+    features: str = "logits"
 
     def _mean_over(self, chosen: Callable[[int], bool]) -> np.ndarray:
         cols = [i for i, c in enumerate(self.classes) if chosen(c)]
@@ -485,14 +546,16 @@ class AttackResult:
         forgotten, retained = self.forgotten(), self.retained()
         return Summary(None if np.isnan(forgotten).all() else row(forgotten),
                        None if np.isnan(retained).all() else row(retained),
-                       {c: row(self.advantages[:, i, :]) for i, c in enumerate(self.classes)})
+                       {c: row(self.advantages[:, i, :]) for i, c in enumerate(self.classes)},
+                       self.features)
 
     def to_json(self) -> dict[str, Any]:
-        """Every field, JSON-ready (the form of the reproduction's `attacks/<row>.json`)."""
+        """Every field, JSON-ready (the form of the reproduction's `attacks/<row>.json`).
+        `features` is written only when it is not "logits", so stored results keep their form."""
         return {"advantages": self.advantages.tolist(), "classes": list(self.classes),
                 "classifiers": list(self.classifiers), "forget": list(self.forget),
                 "fixed_first": self.fixed_first, "interval": self.interval, "level": self.level,
-                "seed": self.seed}
+                "seed": self.seed, **_features_json(self.features)}
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> AttackResult:
@@ -501,7 +564,8 @@ class AttackResult:
         try:
             result = cls(np.asarray(d["advantages"], dtype=np.float64), tuple(int(c) for c in d["classes"]),
                          tuple(str(c) for c in d["classifiers"]), tuple(int(c) for c in d["forget"]),
-                         bool(d["fixed_first"]), str(d["interval"]), float(d["level"]), int(d["seed"]))
+                         bool(d["fixed_first"]), str(d["interval"]), float(d["level"]), int(d["seed"]),
+                         str(d.get("features", "logits")))
         except (KeyError, TypeError, ValueError) as exc:
             raise LinfiltError(f"not an attack result: {exc!r}") from None
         if result.advantages.shape[1:] != (len(result.classes), len(result.classifiers)):
@@ -515,11 +579,12 @@ class AttackResult:
 class Summary:
     """An attack's (or a paired difference's) estimates per classifier name: over the forgotten
     classes, over the retained classes (each None when no class of the group was attacked), and
-    per attacked class id."""
+    per attacked class id; `features` as in `AttackResult`."""
 
     forgotten: Mapping[str, Estimate] | None
     retained: Mapping[str, Estimate] | None
     per_class: Mapping[int, Mapping[str, Estimate]]
+    features: str = "logits"
 
     def groups(self) -> dict[str, Mapping[str, Estimate]]:
         """{"forgotten": ..., "retained": ...}, the groups present, in that order."""
@@ -527,12 +592,14 @@ class Summary:
                 if row is not None}
 
     def to_json(self) -> dict[str, Any]:
-        """Estimates as `Estimate.as_dict`, class ids as strings; absent groups left out."""
+        """Estimates as `Estimate.as_dict`, class ids as strings; absent groups left out, and
+        `features` too when it is "logits"."""
         def row(estimates: Mapping[str, Estimate]) -> dict[str, Any]:
             return {name: e.as_dict() for name, e in estimates.items()}
 
         return {**{name: row(r) for name, r in self.groups().items()},
-                "per_class": {str(c): row(r) for c, r in self.per_class.items()}}
+                "per_class": {str(c): row(r) for c, r in self.per_class.items()},
+                **_features_json(self.features)}
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> Summary:
@@ -541,22 +608,43 @@ class Summary:
             return None if estimates is None else {n: Estimate.from_dict(e) for n, e in estimates.items()}
 
         return cls(row(d.get("forgotten")), row(d.get("retained")),
-                   {int(c): row(r) for c, r in d["per_class"].items()})
+                   {int(c): row(r) for c, r in d["per_class"].items()}, str(d.get("features", "logits")))
+
+
+def _features_json(features: str) -> dict[str, str]:
+    """The JSON key of `features`: absent means "logits", the form of results stored before it."""
+    return {} if features == "logits" else {"features": features}
+
+
+def classifier_advantages(
+    x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray,
+    classifiers: Mapping[str, ClassifierFactory], seed: int,
+) -> np.ndarray:
+    """Advantage of each classifier (factory(seed)) trained on (x_train, y_train) and scored on
+    (x_test, y_test), y = 1 / 0 for the two populations; from balanced accuracy, which is plain
+    accuracy when both populations contribute equally (the paper's setting) and keeps 1/2 as
+    chance otherwise.
+
+    One BLAS thread: the attacks run in parallel over tasks (n_jobs), and a multi-threaded BLAS on
+    these small matrices is many times slower on a busy machine (LR, MLP).
+    """
+    out = np.empty(len(classifiers))
+    with threadpool_limits(1), warnings.catch_warnings():
+        # an MLP or LR stopped at its iteration limit is still an attack: its advantage is scored
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        for j, factory in enumerate(classifiers.values()):
+            clf = factory(seed)
+            clf.fit(x_train, y_train)
+            hit = np.asarray(clf.predict(x_test)) == y_test
+            accuracy = 0.5 * (hit[y_test == 1].mean() + hit[y_test == 0].mean())
+            out[j] = 2.0 * (accuracy - 0.5)
+    return out
 
 
 def _run_attack(
     sets: AttackSets, classifiers: Mapping[str, ClassifierFactory], seed: int
 ) -> np.ndarray:
-    """Advantage of each classifier; balanced accuracy, which is plain accuracy when both
-    populations contribute equally (the paper's setting) and keeps 1/2 as chance otherwise."""
-    out = np.empty(len(classifiers))
-    for j, factory in enumerate(classifiers.values()):
-        clf = factory(seed)
-        clf.fit(sets.x_train, sets.y_train)
-        hit = np.asarray(clf.predict(sets.x_test)) == sets.y_test
-        accuracy = 0.5 * (hit[sets.y_test == 1].mean() + hit[sets.y_test == 0].mean())
-        out[j] = 2.0 * (accuracy - 0.5)
-    return out
+    return classifier_advantages(sets.x_train, sets.y_train, sets.x_test, sets.y_test, classifiers, seed)
 
 
 def attack_advantage(
@@ -576,6 +664,7 @@ def attack_advantage(
     replace: bool = False,
     disjoint_images: bool = False,
     sampling: str = "ours",
+    features: str = "logits",
     interval: str = "percentile",
     level: float = 0.95,
     n_jobs: int = 1,
@@ -597,7 +686,9 @@ def attack_advantage(
     gives every image once; `replace=True` draws with replacement instead, always.
     sampling: "ours" draws every model's images independently; "authors" draws one set per
     population and side, shared by its models (see `SAMPLING`).
-    classifiers: name -> factory(seed) (default `DEFAULT_CLASSIFIERS`); n_jobs runs (repeat, class)
+    classifiers: name -> factory(seed) (default `DEFAULT_CLASSIFIERS`; `STRONG_CLASSIFIERS` adds
+    logistic regression and an MLP); features: what they see of each logit vector, "logits" (the
+    paper's) or "sorted" (descending, label-free; see `FEATURES`). n_jobs runs (repeat, class)
     tasks in parallel without changing any number; progress() is called after each task.
     """
     unlearned = check_population("unlearned", unlearned)
@@ -607,6 +698,7 @@ def attack_advantage(
     forget_t = _forget(forget)
     test_fraction = _check_fraction(test_fraction)
     _check_sampling(sampling)
+    _check_features(features)
     repeats = check_positive_int(repeats, "repeats")
     for flag, value in (("fixed_first", fixed_first), ("replace", replace), ("disjoint_images", disjoint_images)):
         check_bool(value, flag)
@@ -637,6 +729,7 @@ def attack_advantage(
         _split_sizes(retrained.shape[0], test_fraction, "retrained"),
     )
     entropy = _entropy(seed)
+    unlearned, retrained = _featurise(unlearned, features), _featurise(retrained, features)
 
     def tasks():
         for r in range(repeats):
@@ -648,7 +741,9 @@ def attack_advantage(
                 yield sets, int(rng.integers(2**31 - 1))
 
     results = []
-    for row in Parallel(n_jobs=n_jobs, return_as="generator")(
+    # joblib's multiprocessing-style backends (Ray's among them) refuse generators: lists there
+    streamed = n_jobs == 1 or getattr(get_active_backend()[0], "supports_return_generator", True)
+    for row in Parallel(n_jobs=n_jobs, return_as="generator" if streamed else "list")(
         delayed(_run_attack)(sets, classifiers, clf_seed) for sets, clf_seed in tasks()
     ):
         results.append(row)
@@ -656,7 +751,7 @@ def attack_advantage(
             progress()
     advantages = np.asarray(results).reshape(repeats, len(chosen), len(classifiers))
     return AttackResult(advantages, chosen, tuple(classifiers), forget_t, fixed_first, interval,
-                        level, entropy)
+                        level, entropy, features)
 
 
 def floor_advantage(
@@ -701,7 +796,8 @@ def floor_advantage(
                                      progress=progress, **kwargs))
     head = runs[0]
     return AttackResult(np.concatenate([run.advantages for run in runs]), head.classes,
-                        head.classifiers, head.forget, False, head.interval, head.level, entropy)
+                        head.classifiers, head.forget, False, head.interval, head.level, entropy,
+                        head.features)
 
 
 def difference(first: AttackResult, second: AttackResult) -> Summary:
@@ -713,15 +809,15 @@ def difference(first: AttackResult, second: AttackResult) -> Summary:
     same = (first.seed == second.seed and first.classes == second.classes
             and first.classifiers == second.classifiers and first.forget == second.forget
             and first.advantages.shape == second.advantages.shape
-            and first.fixed_first == second.fixed_first)
+            and first.fixed_first == second.fixed_first and first.features == second.features)
     if not same:
         raise LinfiltError(
-            "difference needs two attacks run with the same seed, repeats, classes, classifiers "
-            "and forget set; rerun one of them with the other's settings"
+            "difference needs two attacks run with the same seed, repeats, classes, classifiers, "
+            "features and forget set; rerun one of them with the other's settings"
         )
     return AttackResult(first.advantages - second.advantages, first.classes, first.classifiers,
                         first.forget, first.fixed_first, first.interval, first.level,
-                        first.seed).summary()
+                        first.seed, first.features).summary()
 
 
 # ----------------------------------------------------------------------------- accuracy, labels

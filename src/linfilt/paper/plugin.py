@@ -5,7 +5,7 @@ light. `tests/test_layers.py` checks these lists against the modules they name.
 """
 from linfilt import plugins
 
-COMMANDS = ("demo", "data", "train", "reproduce", "report")
+COMMANDS = ("demo", "data", "train", "reproduce", "report", "bench")
 ARCHITECTURES = ("mlp", "cifar_cnn", "att_resnet")
 DATASETS = ("mnist", "cifar10", "att_faces", "digits")
 

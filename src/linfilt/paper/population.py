@@ -28,6 +28,11 @@ Every array has a `<file>.sha256` JSON beside it (its checksum, shape and dtype)
 read together with the shape, dtype and values (finite logits, no all-zero model, labels in range);
 a file from before checksums existed is checked the same way and then gets its checksum. A killed
 run resumes at its last finished epoch; a changed setting changes the hash.
+
+Two backends train the missing chunks: this machine, one chunk after the other (`_Runner.run`), or
+a Ray cluster, one task per chunk (`linfilt.paper.cluster`; no per-epoch checkpoints there, a
+killed run resumes at its last stored chunk). Both train a chunk with `train_chunk` and store
+what it gives through `_Runner.keep`, so the files do not depend on the backend.
 """
 from __future__ import annotations
 
@@ -35,13 +40,13 @@ import copy
 import dataclasses
 import functools
 import hashlib
-import io
 import json
 import re
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import safetensors.torch
@@ -49,10 +54,12 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from linfilt.atomic import write_bytes, write_json
+from linfilt.atomic import write_json
 from linfilt.errors import CorruptFileError, LinfiltError
 from linfilt.filtration import check_forget, retained_classes
 from linfilt.modelio import ModelSpec, load_model, save_model
+from linfilt.paper import cluster
+from linfilt.paper.arrays import REDO, load_array, read_checked, save_array, sidecar, write_checked
 from linfilt.paper.data import load, to_float
 from linfilt.paper.ensemble import GroupedEnsemble, VmapEnsemble
 from linfilt.paper.models import build, check_arch, initialize
@@ -63,7 +70,7 @@ from linfilt.validation import check_class_ids, check_float, check_positive_int,
 
 __all__ = ["fit", "predict_logits", "PopulationConfig", "PROTOCOL", "POPULATIONS", "STRATEGIES",
            "model_seeds", "init_model", "train_models", "run_dir", "results_dir", "train_populations",
-           "train_population"]
+           "train_population", "trained_models"]
 
 POPULATIONS = ("seen", "notseen", "transfer")
 STRATEGIES = ("loop", "grouped", "vmap")
@@ -214,81 +221,12 @@ def _trainable(net: nn.Module, frozen_body: bool) -> list[torch.Tensor]:
     return params
 
 
-_REDO = "delete it and rerun the same command, which recomputes it (finished chunks are kept)"
-
-
-def _read_checked(path: Path) -> bytes:
-    """The bytes of `path`, checked against the checksum beside it (if any)."""
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise CorruptFileError(f"{path} is unreadable ({exc}); {_REDO}") from None
-    side = _sidecar(path)
-    if side.is_file():
-        try:
-            expected = json.loads(side.read_text())["sha256"]
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise CorruptFileError(f"{side} (the checksum of {path.name}) is unreadable ({exc}); "
-                                   "delete both files and rerun the same command to recompute them") from None
-        if hashlib.sha256(data).hexdigest() != expected:
-            raise CorruptFileError(f"{path} does not match its checksum in {side.name}: it was changed "
-                                   f"or damaged; {_REDO}")
-    return data
-
-
-def _write_checked(path: Path, data: bytes, **info: Any) -> None:
-    """Write `data` atomically, then its checksum beside it (a kill in between leaves a file with
-    no checksum, which the next read checks and adopts, never a stale checksum)."""
-    _sidecar(path).unlink(missing_ok=True)
-    write_bytes(path, data)
-    _write_sidecar(path, data, **info)
-
-
-def _write_sidecar(path: Path, data: bytes, **info: Any) -> None:
-    write_json(_sidecar(path), {"sha256": hashlib.sha256(data).hexdigest(), **info})
-
-
-def _sidecar(path: Path) -> Path:
-    return path.with_name(path.name + ".sha256")
-
-
-def _save_array(path: Path, arr: np.ndarray) -> None:
-    """np.save with a checksum beside the file, atomically."""
-    buf = io.BytesIO()
-    np.save(buf, arr, allow_pickle=False)
-    _write_checked(path, buf.getvalue(), shape=list(arr.shape), dtype=arr.dtype.str)
-
-
-def _load_array(path: Path, shape: tuple[int, ...], dtype: type, check=None) -> np.ndarray:
-    """An array saved by `_save_array`: checksum, shape, dtype and `check(arr)` (an error message or
-    None) verified, else CorruptFileError naming the file. A file without a checksum (written
-    before checksums existed) that passes the checks gets one."""
-    adopt = not _sidecar(path).is_file()
-    data = _read_checked(path)
-    try:
-        arr = np.load(io.BytesIO(data), allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
-        raise CorruptFileError(f"{path} is unreadable ({exc}); {_REDO}") from None
-    if arr.shape != shape or arr.dtype != dtype:
-        raise CorruptFileError(f"{path} holds {arr.dtype} {arr.shape}, expected {np.dtype(dtype)} {shape}; "
-                               f"{_REDO}")
-    problem = check(arr) if check is not None else None
-    if problem:
-        raise CorruptFileError(f"{path} {problem}; {_REDO}")
-    if adopt:
-        try:
-            _write_sidecar(path, data, shape=list(arr.shape), dtype=arr.dtype.str)
-        except OSError:
-            pass  # a read-only folder: the checks above passed, the checksum waits for a writable one
-    return arr
-
-
 def models_in(path: Path) -> int:
     """How many models an assembled logits file (logits/<population>.npy) holds, from its header."""
     try:
         return int(np.load(path, mmap_mode="r", allow_pickle=False).shape[0])
     except (ValueError, OSError, EOFError, IndexError) as exc:
-        raise CorruptFileError(f"{path} is unreadable ({exc}); {_REDO}") from None
+        raise CorruptFileError(f"{path} is unreadable ({exc}); {REDO}") from None
 
 
 def _logits_problem(arr: np.ndarray) -> str | None:
@@ -311,7 +249,7 @@ class _Checkpoint:
         if not self.path.is_file():
             return None
         try:
-            tensors = safetensors.torch.load(_read_checked(self.path))
+            tensors = safetensors.torch.load(read_checked(self.path))
         except safetensors.SafetensorError as exc:
             raise CorruptFileError(f"{self.path} is unreadable ({exc}); delete it and rerun the same "
                                    "command (that chunk then trains from its first epoch)") from None
@@ -322,11 +260,11 @@ class _Checkpoint:
 
     def save(self, tensors: dict[str, torch.Tensor]) -> None:
         tensors = {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}
-        _write_checked(self.path, safetensors.torch.save({**tensors, "meta.models": self.indices}))
+        write_checked(self.path, safetensors.torch.save({**tensors, "meta.models": self.indices}))
 
     def delete(self) -> None:
         self.path.unlink(missing_ok=True)
-        _sidecar(self.path).unlink(missing_ok=True)
+        sidecar(self.path).unlink(missing_ok=True)
 
 
 def _state(module: nn.Module) -> dict[str, torch.Tensor]:
@@ -485,13 +423,13 @@ class _Store:
 
     def write_chunk(self, population: str, a: int, logits: np.ndarray) -> None:
         b = a + len(logits)
-        _save_array(self.root / "chunks" / population / f"{a:05d}-{b:05d}.npy", logits.astype(np.float32))
+        save_array(self.root / "chunks" / population / f"{a:05d}-{b:05d}.npy", logits.astype(np.float32))
 
     def drop_chunks(self, population: str, a: int) -> None:
         """Remove the chunk files starting at `a` (a partial chunk about to be retrained whole)."""
         for (start, _), path in self.chunks(population).items():
             if start == a:
-                _sidecar(path).unlink(missing_ok=True)
+                sidecar(path).unlink(missing_ok=True)
                 path.unlink()
 
     def assemble(self, population: str) -> np.ndarray:
@@ -504,9 +442,9 @@ class _Store:
                                    f"models 0..{m - 1} once each; delete them and rerun")
         out = np.empty((m, n_test, k), np.float32)
         for (a, b), path in sorted(chunks.items()):
-            part = _load_array(path, (b - a, n_test, k), np.float32, _logits_problem)
+            part = load_array(path, (b - a, n_test, k), np.float32, _logits_problem)
             out[a:min(b, m)] = part[:m - a]
-        _save_array(self.final_path(population), out)
+        save_array(self.final_path(population), out)
         return out
 
     def final_path(self, population: str) -> Path:
@@ -518,7 +456,7 @@ class _Store:
         if not self.assembled(population):
             return None
         path = self.final_path(population)
-        arr = _load_array(path, (models_in(path),) + self.shape[population], np.float32,
+        arr = load_array(path, (models_in(path),) + self.shape[population], np.float32,
                          _logits_problem)
         return arr[:self.cfg.models].copy() if len(arr) > self.cfg.models else arr
 
@@ -558,8 +496,76 @@ class _Bar:
         self.bar.close()
 
 
+@dataclass
+class _Part:
+    """One population's trained models of a chunk, as both backends hand them to the store."""
+
+    population: str
+    indices: list[int]
+    logits: np.ndarray  # float32 (len(indices), n_test, classes)
+    models: list[nn.Module] | None  # only when the models are saved
+
+
+def _train(cfg: PopulationConfig, d: _Data, population: str, indices: list[int],
+           bodies: list[nn.Module] | None, checkpoint, on_step) -> list[nn.Module]:
+    """Models `indices` of `population`, trained from their seeds (transfer: on `bodies`)."""
+    seeds = [model_seeds(cfg.seed, population, j) for j in indices]
+    k = len(d.classes) if population == "seen" else len(d.kept)
+    models = [init_model(cfg.arch, cfg.arch_kwargs, k, s[0]) for s in seeds]
+    if bodies is not None:  # transfer: the seen model with this new head
+        for model, body in zip(models, bodies):
+            model.body = copy.deepcopy(body.body)
+    x, y = (d.x, d.y) if population == "seen" else d.kept_data
+    models = [m.to(x.device) for m in models]
+    total_images = len(indices) * cfg.epochs * len(y)
+    step = None if on_step is None else (
+        lambda n: on_step(population, n, n * len(indices) / total_images))
+    train_models(models, x, y, [s[1] for s in seeds], cfg.epochs, cfg.batch_size, cfg.lr,
+                 cfg.strategy, cfg.precision, frozen_body=bodies is not None, on_step=step,
+                 checkpoint=None if checkpoint is None else checkpoint(population, indices))
+    return models
+
+
+def _part(cfg: PopulationConfig, d: _Data, population: str, indices: list[int],
+          models: list[nn.Module], save_models: bool) -> _Part:
+    logits = np.stack([predict_logits(m, d.x_test, cfg.device, EVAL_BATCH) for m in models])
+    problem = _logits_problem(logits)
+    if problem:
+        raise LinfiltError(f"training {population} models {indices[0]}..{indices[-1]} diverged: the "
+                           f"chunk {problem}; try a smaller lr (nothing was stored)")
+    return _Part(population, indices, logits, models if save_models else None)
+
+
+def train_chunk(cfg: PopulationConfig, d: _Data, plan: dict[str, list[int]],
+                given: dict[int, nn.Module], save_models: bool, checkpoint=None, on_step=None
+                ) -> Iterator[_Part]:
+    """The work of one chunk, the same on every backend: train the models `plan` names (population
+    -> indices, in POPULATIONS order) and yield each population's part as soon as it is done.
+    Transfer model j takes the body of seen model j trained here, else of `given[j]` (a saved
+    one), else of seen model j retrained from its seeds (yielded too, for the store to keep).
+    `checkpoint(population, indices)` gives the chunk's per-epoch checkpoint (None: none);
+    `on_step(population, images, models)` reports progress."""
+    seen = dict(given)
+    for population, indices in plan.items():
+        bodies = None
+        if population == "transfer":
+            retrain = [j for j in indices if j not in seen]
+            if retrain:
+                models = _train(cfg, d, "seen", retrain, None, checkpoint, on_step)
+                seen.update(zip(retrain, models))
+                yield _part(cfg, d, "seen", retrain, models, save_models)
+                if checkpoint is not None:
+                    checkpoint("seen", retrain).delete()
+            bodies = [seen[j] for j in indices]
+        models = _train(cfg, d, population, indices, bodies, checkpoint, on_step)
+        if population == "seen":
+            seen.update(zip(indices, models))
+        yield _part(cfg, d, population, indices, models, save_models)
+
+
 class _Runner:
-    """Trains the missing chunks of the requested populations of one config."""
+    """Plans the missing chunks of the requested populations of one config and stores what
+    training them gives; `run` is the local backend (linfilt.paper.cluster the Ray one)."""
 
     def __init__(self, cfg: PopulationConfig, data: _Data, store: _Store, save_models: bool,
                  progress: bool) -> None:
@@ -573,39 +579,43 @@ class _Runner:
             self.bars[population] = _Bar(population, self.cfg.models, done, self.progress)
         return self.bars[population]
 
-    def _train(self, population: str, indices: list[int], bodies: list[nn.Module] | None = None
-               ) -> list[nn.Module]:
-        cfg, d = self.cfg, self.data
-        seeds = [model_seeds(cfg.seed, population, j) for j in indices]
-        k = len(d.classes) if population == "seen" else len(d.kept)
-        models = [init_model(cfg.arch, cfg.arch_kwargs, k, s[0]) for s in seeds]
-        if bodies is not None:  # transfer: the seen model with this new head
-            for model, body in zip(models, bodies):
-                model.body = copy.deepcopy(body.body)
-        x, y = (d.x, d.y) if population == "seen" else d.kept_data
-        models = [m.to(x.device) for m in models]
-        bar = self.bar(population)
-        total_images = len(indices) * cfg.epochs * len(y)
-        train_models(models, x, y, [s[1] for s in seeds], cfg.epochs, cfg.batch_size, cfg.lr,
-                     cfg.strategy, cfg.precision, frozen_body=bodies is not None,
-                     on_step=lambda n: bar.step(n, n * len(indices) / total_images),
-                     checkpoint=self.store.checkpoint(population, indices))
-        return models
+    def pending(self, populations: Sequence[str]) -> dict[str, set[int]]:
+        """The finished models of each requested population that is not assembled yet."""
+        return {p: self.store.done(p) for p in populations if not self.store.assembled(p)}
 
-    def _finish(self, population: str, indices: list[int], models: list[nn.Module]) -> None:
-        """Save the models (if asked), then the logits: a chunk file means the chunk is done."""
-        d = self.data
-        ids = range(len(d.classes)) if population == "seen" else d.kept
-        spec = ModelSpec(self.cfg.arch, self.cfg.arch_kwargs, tuple(int(i) for i in ids),
-                         tuple(d.classes[i] for i in ids))
-        if self.save_models:
-            for j, model in zip(indices, models):
-                save_model(self.store.model_path(population, j), model, spec)
-        logits = np.stack([predict_logits(m, d.x_test, self.cfg.device, EVAL_BATCH) for m in models])
-        problem = _logits_problem(logits)
-        if problem:
-            raise LinfiltError(f"training {population} models {indices[0]}..{indices[-1]} diverged: the "
-                               f"chunk {problem}; try a smaller lr (nothing was stored)")
+    def plan(self, chunk: range, pending: dict[str, set[int]]) -> dict[str, list[int]]:
+        """population -> the models of `chunk` to train."""
+        plan = {}
+        for population, done in pending.items():
+            todo = [j for j in chunk if j not in done]
+            if todo and self.store.block is not None and len(todo) < len(chunk):
+                # a partial chunk (a grown population): retrain it whole, as a fresh run would
+                self.store.drop_chunks(population, chunk.start)
+                todo = list(chunk)
+            if todo:
+                plan[population] = todo
+        return plan
+
+    def saved_seen(self, plan: dict[str, list[int]], device: torch.device | str) -> dict[int, nn.Module]:
+        """The saved seen models that transfer models of `plan` build on (those not trained in it)."""
+        paths = {j: self.store.model_path("seen", j) for j in plan.get("transfer", ())
+                 if j not in plan.get("seen", ())}
+        return {j: load_model(path)[0].to(device) for j, path in paths.items() if path.is_file()}
+
+    def keep(self, part: _Part) -> None:
+        """Store the models of `part` not stored yet: their files (if saved), then the logits (a
+        chunk file means the chunk is done)."""
+        done = self.store.done(part.population)
+        rows = [i for i, j in enumerate(part.indices) if j not in done]
+        if not rows:
+            return
+        d, population = self.data, part.population
+        indices = [part.indices[i] for i in rows]
+        spec = ModelSpec(self.cfg.arch, self.cfg.arch_kwargs, *_output_ids(d, population))
+        if part.models is not None:
+            for j, i in zip(indices, rows):
+                save_model(self.store.model_path(population, j), part.models[i], spec)
+        logits = part.logits[rows]
         pos = {j: i for i, j in enumerate(indices)}
         for a, b in _ranges(indices):
             self.store.write_chunk(population, a, logits[pos[a]:pos[a] + b - a])
@@ -613,48 +623,33 @@ class _Runner:
         if population in self.bars:
             self.bars[population].done(len(self.store.done(population)))
 
-    def _seen_models(self, indices: list[int], cache: dict[int, nn.Module]) -> list[nn.Module]:
-        """Seen models j: in memory, saved, or retrained from their seeds (and then stored)."""
-        missing = [j for j in indices if j not in cache]
-        saved = [j for j in missing if self.store.model_path("seen", j).is_file()]
-        for j in saved:
-            cache[j] = load_model(self.store.model_path("seen", j))[0].to(self.data.x.device)
-        retrain = [j for j in missing if j not in cache]
-        if retrain:
-            models = self._train("seen", retrain)
-            cache.update(zip(retrain, models))
-            done = self.store.done("seen")  # once: it lists the chunk files
-            todo = [j for j in retrain if j not in done]
-            if todo:
-                self._finish("seen", todo, [cache[j] for j in todo])
-            self.store.checkpoint("seen", retrain).delete()
-        return [cache[j] for j in indices]
-
     def run(self, populations: Sequence[str], chunk_size: int) -> None:
+        """The local backend: chunk after chunk, checkpointed after every epoch."""
         for a in range(0, self.cfg.models, chunk_size):
-            chunk = range(a, min(a + chunk_size, self.cfg.models))
-            seen_cache: dict[int, nn.Module] = {}
-            for population in populations:
-                if self.store.assembled(population):
-                    continue
-                done = self.store.done(population)  # once: it lists the chunk files
-                todo = [j for j in chunk if j not in done]
-                if not todo:
-                    continue
-                if self.store.block is not None and len(todo) < len(chunk):
-                    # a partial chunk (a grown population): retrain it whole, as a fresh run would
-                    self.store.drop_chunks(population, a)
-                    todo = list(chunk)
-                if population == "transfer":
-                    bodies = self._seen_models(todo, seen_cache)
-                    models = self._train(population, todo, bodies)
-                else:
-                    models = self._train(population, todo)
-                    if population == "seen":
-                        seen_cache.update(zip(todo, models))
-                self._finish(population, todo, models)
+            plan = self.plan(range(a, min(a + chunk_size, self.cfg.models)), self.pending(populations))
+            given = self.saved_seen(plan, self.data.x.device)
+            for part in train_chunk(self.cfg, self.data, plan, given, self.save_models,
+                                    self.store.checkpoint, self._step):
+                self.keep(part)
         for bar in self.bars.values():
             bar.close()
+
+    def _step(self, population: str, images: int, models: float) -> None:
+        self.bar(population).step(images, models)
+
+    @staticmethod
+    def chunk_on_worker(cfg: PopulationConfig, dataset: Any, plan: dict[str, list[int]],
+                        given: dict[int, nn.Module], save_models: bool) -> list[_Part]:
+        """`train_chunk` where only what it needs was shipped (a Ray task): no checkpoints, no
+        progress; the models (if saved) on the CPU."""
+        with warnings.catch_warnings():  # the labels arrive read-only from Ray's object store: they stay so
+            warnings.filterwarnings("ignore", "The given NumPy array is not writable")
+            data = _Data(dataset, cfg.forget, cfg.device)
+        parts = list(train_chunk(cfg, data, plan, given, save_models))
+        for part in parts:
+            if part.models is not None:
+                part.models = [m.cpu() for m in part.models]
+        return parts
 
 
 def _check_config(path: Path, config: dict[str, Any]) -> None:
@@ -675,7 +670,7 @@ def _check_config(path: Path, config: dict[str, Any]) -> None:
 def _check_test_labels(path: Path, labels: np.ndarray, k: int) -> None:
     """Write the test labels, or check the stored ones: in range, and those of this data set."""
     if not path.is_file():
-        _save_array(path, labels)
+        save_array(path, labels)
         return
 
     def problem(arr: np.ndarray) -> str | None:
@@ -683,13 +678,15 @@ def _check_test_labels(path: Path, labels: np.ndarray, k: int) -> None:
             return f"holds labels outside 0..{k - 1}"
         return None if np.array_equal(arr, labels) else "holds other labels than this data set's test set"
 
-    _load_array(path, labels.shape, np.int64, problem)
+    load_array(path, labels.shape, np.int64, problem)
 
 
 def train_populations(cfg: PopulationConfig, populations: Sequence[str] = ("seen",), data: Any = None,
                       out: str | Path = "runs", experiment: str = "populations",
                       chunk_size: int | None = None, save_models: bool = False,
-                      progress: bool = True) -> dict[str, np.ndarray]:
+                      progress: bool = True, backend: str = "local", address: str | None = None,
+                      cpus_per_task: float | None = None, gpus_per_task: float | None = None
+                      ) -> dict[str, np.ndarray]:
     """Train (or resume, or just load) the populations of `cfg`; their test logits, float32
     (M, n_test, classes), by population name.
 
@@ -698,6 +695,11 @@ def train_populations(cfg: PopulationConfig, populations: Sequence[str] = ("seen
     resumes at the last finished epoch, to the same bits. `chunk_size` (default 1 for the loop
     strategy, else 100) sets how many models train at once; with a batched strategy it also
     changes their rounding, so each chunk size keeps its own results (see the module doc).
+
+    backend "ray" trains each missing chunk as one Ray task (`cpus_per_task`, default 1;
+    `gpus_per_task`, default 1 on CUDA, fractions share a GPU) on the cluster at `address` (None:
+    a local Ray instance for this call), and stores what the tasks return here, in the same files
+    as the local backend; see `linfilt.paper.cluster`.
     """
     unknown = [p for p in populations if p not in POPULATIONS]
     if unknown or not populations:
@@ -705,24 +707,83 @@ def train_populations(cfg: PopulationConfig, populations: Sequence[str] = ("seen
     populations = [p for p in POPULATIONS if p in populations]
     chunk_size = check_positive_int(default_chunk_size(cfg) if chunk_size is None else chunk_size,
                                     "chunk_size")
-    check_device(cfg.device)
+    on_ray = cluster.check_backend(backend, address, cpus_per_task, gpus_per_task, cfg.device)
+    if on_ray is None:
+        check_device(cfg.device)
     if data is None:
         data = load(cfg.dataset)
-    d = _Data(data, cfg.forget, cfg.device)
+    # with Ray the driver only checks and stores: the cluster's nodes train on cfg.device
+    d = _Data(data, cfg.forget, "cpu" if on_ray else cfg.device)
     root = run_dir(cfg, out, experiment)
     k = len(d.classes)
     shape = {"seen": (len(d.y_test), k), "notseen": (len(d.y_test), len(d.kept)),
              "transfer": (len(d.y_test), len(d.kept))}
     store = _Store(results_dir(cfg, out, experiment, chunk_size), cfg, shape, chunk_size)
-    _check_config(root / "config.json",
-                  {**cfg.key(), "classes": d.classes, "n_train": len(d.y), "n_test": len(d.y_test)})
-    _check_test_labels(root / "test_labels.npy", d.y_test, k)
-    _Runner(cfg, d, store, save_models, progress).run(populations, chunk_size)
+    with cluster.session(on_ray):
+        _check_config(root / "config.json",
+                      {**cfg.key(), "classes": d.classes, "n_train": len(d.y), "n_test": len(d.y_test)})
+        _check_test_labels(root / "test_labels.npy", d.y_test, k)
+        if on_ray:
+            runner = _Runner(cfg, d, store, save_models, progress=False)
+            cluster.train_on_ray(runner, populations, chunk_size, data, on_ray, progress)
+        else:
+            _Runner(cfg, d, store, save_models, progress).run(populations, chunk_size)
     out_logits = {}
     for population in populations:
         final = store.final(population)
         out_logits[population] = final if final is not None else store.assemble(population)
     return out_logits
+
+
+def trained_models(cfg: PopulationConfig, population: str = "seen", data: Any = None,
+                   out: str | Path = "runs", experiment: str = "populations",
+                   chunk_size: int | None = None, progress: bool = True) -> list[nn.Module]:
+    """The `cfg.models` trained models of `population`, in eval mode on cfg.device: read from their
+    saved files, else retrained from their seeds chunk by chunk as its stored logits were made (a
+    chunk with any model missing is retrained whole: batched rounding depends on the chunk) and
+    saved. A retrained model whose test logits differ from the stored ones (another machine made
+    them) gives one warning. The population's logits are trained first if missing."""
+    stored = train_populations(cfg, (population,), data, out, experiment, chunk_size,
+                               progress=progress)[population]
+    chunk_size = default_chunk_size(cfg) if chunk_size is None else chunk_size
+    d = _Data(load(cfg.dataset) if data is None else data, cfg.forget, cfg.device)
+    shape = {population: stored.shape[1:]}
+    runner = _Runner(cfg, d, _Store(results_dir(cfg, out, experiment, chunk_size), cfg, shape, chunk_size),
+                     save_models=True, progress=progress)
+    store = runner.store
+    chunks = [list(range(a, min(a + chunk_size, cfg.models))) for a in range(0, cfg.models, chunk_size)]
+    missing = [c for c in chunks if not all(store.model_path(population, j).is_file() for j in c)]
+    # the bar counts the models retrained here (the population's own bar would start full)
+    runner.bars[population] = _Bar(f"{population} models", sum(map(len, missing)), 0, progress)
+    models: dict[int, nn.Module] = {}
+    for chunk in chunks:
+        paths = {j: store.model_path(population, j) for j in chunk}
+        if chunk not in missing:
+            models.update((j, load_model(path)[0].to(cfg.device).eval()) for j, path in paths.items())
+            continue
+        given = runner.saved_seen({"transfer": chunk}, d.x.device) if population == "transfer" else {}
+        for part in train_chunk(cfg, d, {population: chunk}, given, True, store.checkpoint, runner._step):
+            if part.population != population:
+                continue  # seen models retrained for transfer bodies: their files are not asked for
+            spec = ModelSpec(cfg.arch, cfg.arch_kwargs, *_output_ids(d, population))
+            for j, model in zip(part.indices, part.models):
+                save_model(paths[j], model, spec)
+                models[j] = model.eval()
+            difference = float(np.abs(part.logits - stored[chunk]).max())
+            if difference:
+                warnings.warn(f"retrained {population} models {chunk[0]}..{chunk[-1]} of {experiment} give "
+                              f"test logits up to {difference:.3g} away from the stored ones (made on "
+                              "another machine?); the saved models are the retrained ones", stacklevel=2)
+            store.checkpoint(population, chunk).delete()
+    for bar in runner.bars.values():
+        bar.close()
+    return [models[j] for j in range(cfg.models)]
+
+
+def _output_ids(d: _Data, population: str) -> tuple[tuple[int, ...], tuple[str, ...]]:
+    """The original class ids and names of a population's outputs."""
+    ids = range(len(d.classes)) if population == "seen" else d.kept
+    return tuple(int(i) for i in ids), tuple(d.classes[i] for i in ids)
 
 
 def train_population(cfg: PopulationConfig, population: str = "seen", **kwargs: Any) -> np.ndarray:

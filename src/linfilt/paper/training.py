@@ -41,6 +41,12 @@ def batch_order(seed: int, epochs: int, n: int, batch_size: int) -> Iterator[np.
             yield perm[0, start:start + batch_size]
 
 
+def rows(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """x's rows at idx (M, B), as (M, B, ...): model j's mini-batch in [j]."""
+    # index_select on rows is several times faster than advanced indexing x[idx]
+    return x.index_select(0, idx.reshape(-1)).view(*idx.shape, *x.shape[1:])
+
+
 def check_device(device: str | torch.device) -> torch.device:
     """The device, or LinfiltError if this machine cannot train on it."""
     try:
@@ -102,7 +108,9 @@ def train_steps(forward: Callable[[torch.Tensor], torch.Tensor], params: Iterabl
                 lr: float = LR, precision: str = "fp32",
                 on_step: Callable[[int], None] | None = None, start_epoch: int = 0,
                 opt_state: dict[str, torch.Tensor] | None = None,
-                on_epoch: Callable[[int, torch.optim.Optimizer], None] | None = None) -> None:
+                on_epoch: Callable[[int, torch.optim.Optimizer], None] | None = None,
+                loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+                opt: torch.optim.Optimizer | None = None) -> torch.optim.Optimizer:
     """The paper's training loop for M models at once.
 
     `forward` maps inputs (M, B, ...) to logits (M, B, k); model j sees its own mini-batches, in the
@@ -110,10 +118,15 @@ def train_steps(forward: Callable[[torch.Tensor], torch.Tensor], params: Iterabl
     each model's gradient is exactly what it would be alone. `on_step(images)` reports progress.
     To resume, pass the epochs already done and the optimiser's state then (`optimizer_tensors`);
     `on_epoch(epochs_done, optimizer)` is called after every epoch (for checkpoints).
+    Other objectives (the unlearning methods): `loss(logits, idx)` maps the logits (M, B, k) of
+    the rows idx (M, B) of x to each model's loss (M,), in place of the mean cross-entropy; `opt`
+    continues an optimiser over `params` (whose state then carries on; `lr` is ignored). Returns
+    the optimiser.
     """
     if precision not in PRECISIONS:
         raise LinfiltError(f"precision must be one of {PRECISIONS}, not {precision!r}")
-    opt = make_optimizer(list(params), lr)
+    if opt is None:
+        opt = make_optimizer(list(params), lr)
     if opt_state is not None:
         load_optimizer_tensors(opt, opt_state)
     n, m = len(y), len(seeds)
@@ -124,20 +137,21 @@ def train_steps(forward: Callable[[torch.Tensor], torch.Tensor], params: Iterabl
         order = torch.from_numpy(order).to(x.device)
         for start in range(0, n, batch_size):
             idx = order[:, start:start + batch_size]
-            flat = idx.reshape(-1)
-            # index_select on rows is several times faster than advanced indexing x[idx]
-            xb = x.index_select(0, flat).view(*idx.shape, *x.shape[1:])
             with autocast:
-                out = forward(xb)
-            losses = F.cross_entropy(out.flatten(0, 1).float(), y.index_select(0, flat), reduction="none")
-            loss = losses.view(m, -1).mean(1).sum()
+                out = forward(rows(x, idx))
+            if loss is None:
+                per_model = F.cross_entropy(out.flatten(0, 1).float(), y.index_select(0, idx.reshape(-1)),
+                                            reduction="none").view(m, -1).mean(1)
+            else:
+                per_model = loss(out.float(), idx)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            per_model.sum().backward()
             opt.step()
             if on_step is not None:
                 on_step(idx.numel())
         if on_epoch is not None:
             on_epoch(epoch + 1, opt)
+    return opt
 
 
 def fit(model: nn.Module, x, y, epochs: int, batch_size: int, lr: float = LR, seed: int = 0,

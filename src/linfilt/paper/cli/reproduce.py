@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 
+from linfilt.paper.cli.train import add_backend_arguments
 from linfilt.paper.experiments.reproduce import reproduce
 from linfilt.paper.settings import ATTACK_PROTOCOLS, INVERSION, PROTOCOL, REPEATS
 
@@ -32,14 +33,19 @@ def register(sub) -> None:
                        description="Train the populations (cached, resumable), unlearn them from their "
                                    "stored logits, run the audit and write <out>/report.md.")
     add_scale_arguments(p)
-    p.add_argument("--jobs", type=int, default=1, help="parallel attack fits (default 1)")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="parallel attack fits (default 1; with --backend ray, on the cluster, -1: one "
+                        "per cluster CPU)")
+    add_backend_arguments(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     report = reproduce(args.artifacts, args.out, models=args.models, epochs=args.epochs,
                        repeats=args.repeats, device=args.device, n_jobs=args.jobs,
-                       report_dir=args.report_dir, protocol=args.protocol)
+                       report_dir=args.report_dir, protocol=args.protocol, backend=args.backend,
+                       address=args.address, cpus_per_task=args.cpus_per_task,
+                       gpus_per_task=args.gpus_per_task)
     if args.print_report:
         print(report.read_text())
     print(f"report written to {report}")

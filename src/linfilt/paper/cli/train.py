@@ -8,6 +8,7 @@ import numpy as np
 
 from linfilt.errors import LinfiltError
 from linfilt.filtration import retained_classes
+from linfilt.paper.cluster import BACKENDS, check_backend
 from linfilt.paper.models import ARCHITECTURES
 from linfilt.outputs import check_output_dir
 from linfilt.paper.population import POPULATIONS, STRATEGIES, PopulationConfig, check_experiment_name, \
@@ -57,7 +58,22 @@ def register(subparsers) -> None:
     p.add_argument("--out", default="runs", help="results folder (default ./runs)")
     p.add_argument("--experiment", default="populations", help="subfolder of OUT")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_backend_arguments(p)
     p.set_defaults(func=run)
+
+
+def add_backend_arguments(p: argparse.ArgumentParser) -> None:
+    """--backend, --address, --cpus-per-task, --gpus-per-task (linfilt.paper.cluster)."""
+    p.add_argument("--backend", choices=BACKENDS, default="local",
+                   help="where the models train: on this machine (local, default) or as one Ray task "
+                        "per chunk on a Ray cluster (ray; pip install 'linfilt[ray]')")
+    p.add_argument("--address", help="with --backend ray: the cluster's address, as `ray start --head` "
+                                      "prints it (default: a local Ray instance for this run)")
+    p.add_argument("--cpus-per-task", type=float,
+                   help="with --backend ray: CPUs each chunk's task asks for (default 1)")
+    p.add_argument("--gpus-per-task", type=float,
+                   help="with --backend ray: GPUs each chunk's task asks for; a fraction below 1 lets "
+                        "tasks share a GPU (default 1 with --device cuda, else 0)")
 
 
 def _check_args(args: argparse.Namespace) -> None:
@@ -73,6 +89,8 @@ def _check_args(args: argparse.Namespace) -> None:
     check_experiment_name(args.experiment, "--experiment")
     check_output_dir(args.out, flag="--out")
     check_output_dir(Path(args.out) / args.experiment, flag="--experiment")
+    check_backend(args.backend, args.address, args.cpus_per_task, args.gpus_per_task, args.device,
+                  cli=True)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -93,7 +111,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = PopulationConfig.protocol(args.dataset, args.forget, **overrides)
     logits = train_populations(cfg, args.population, out=args.out, experiment=args.experiment,
                                chunk_size=args.chunk_size, save_models=args.save_models,
-                               progress=not args.quiet)
+                               progress=not args.quiet, backend=args.backend, address=args.address,
+                               cpus_per_task=args.cpus_per_task, gpus_per_task=args.gpus_per_task)
     root = run_dir(cfg, args.out, args.experiment)
     labels = np.load(root / "test_labels.npy")
     print(f"{results_dir(cfg, args.out, args.experiment, args.chunk_size)}  (strategy {cfg.strategy}, {cfg.models} models, {cfg.epochs} epochs, "

@@ -8,6 +8,7 @@ from typing import Sequence
 from linfilt.atomic import write_text
 from linfilt.errors import LinfiltError
 from linfilt.outputs import check_output_dir, check_output_file
+from linfilt.paper import cluster
 from linfilt.paper.experiments import fidelity, inversion
 from linfilt.paper.experiments.runner import (ExperimentResult, read_result, read_stored, result_dir,
                                               run_experiment, with_before_all)
@@ -49,7 +50,9 @@ def experiments_for(artifacts: Sequence[str], models: int | None, epochs: int | 
 def reproduce(artifacts: Sequence[str], out: str | Path = "runs", *, models: int | None = None,
               epochs: int | None = None, repeats: int | None = None, device: str = "cpu",
               n_jobs: int = 1, train: bool = True, progress: bool = True,
-              report_dir: str | Path | None = None, protocol: str = "ours") -> Path:
+              report_dir: str | Path | None = None, protocol: str = "ours", backend: str = "local",
+              address: str | None = None, cpus_per_task: float | None = None,
+              gpus_per_task: float | None = None) -> Path:
     """Run (train=True) or only read back (train=False) what `artifacts` need; write the report.
     Returns the report's path: `<report_dir>/report.md` (default `<out>/report.md`), figures beside it.
 
@@ -57,6 +60,9 @@ def reproduce(artifacts: Sequence[str], out: str | Path = "runs", *, models: int
     among the artefacts adds the fidelity study (linfilt.paper.experiments.fidelity) on the
     default protocol; with train=False too, it audits the stored populations for the attacks
     not stored yet, and stores them under `out`.
+
+    backend "ray" trains the experiments' populations on a Ray cluster and runs their audits'
+    n_jobs tasks there (`run_experiment`); the fidelity study and the inversion run here.
 
     Every argument and output path is checked before the first experiment starts. The report and
     its figures are this function's products: they replace earlier ones, but never an input."""
@@ -67,7 +73,8 @@ def reproduce(artifacts: Sequence[str], out: str | Path = "runs", *, models: int
     check_protocol(protocol)
     if FIDELITY_NAME in artifacts and protocol != "ours":
         raise LinfiltError("fidelity compares the protocols itself: run it without --protocol")
-    if train:
+    on_ray = cluster.check_backend(backend, address, cpus_per_task, gpus_per_task, device, cli=True)
+    if train and on_ray is None:  # (with Ray, the cluster's nodes train on the device)
         _check_device(device)
     if train or FIDELITY_NAME in artifacts:  # the fidelity study stores what it audits, for a report too
         check_output_dir(out, flag="--out")
@@ -89,20 +96,24 @@ def reproduce(artifacts: Sequence[str], out: str | Path = "runs", *, models: int
     results: dict[str, ExperimentResult] = {}
     scored = {n for a in artifacts if a in ARTIFACTS and ARTIFACTS[a].layout == "accuracy"
               for n in ARTIFACTS[a].experiments}
-    for name, exp in experiments.items():
-        path = result_dir(exp, out, device) / "metrics.json"
-        if train:
-            results[name] = run_experiment(exp, out, device, n_jobs=n_jobs, progress=progress)
-        elif path.is_file():
-            results[name] = read_result(path)
-        else:
-            raise LinfiltError(f"no finished results for {name} at this scale ({path} is missing); "
-                               "run `linfilt reproduce` with the same --models/--epochs/--repeats"
-                               "/--protocol first")
-        if name in scored:  # Table 8 / 10's "before unlearning" row, from stored logits if need be
-            results[name] = with_before_all(results[name], out)
-    fidelity_result = (fidelity.run(study, out, device, train=train, n_jobs=n_jobs, progress=progress)
-                       if study is not None else None)
+    placement = dict(backend=backend, address=address, cpus_per_task=cpus_per_task,
+                     gpus_per_task=gpus_per_task)
+    with cluster.connected(on_ray if train and experiments else None, n_jobs):  # one Ray session for all
+        for name, exp in experiments.items():
+            path = result_dir(exp, out, device) / "metrics.json"
+            if train:
+                results[name] = run_experiment(exp, out, device, n_jobs=n_jobs, progress=progress,
+                                               **placement)
+            elif path.is_file():
+                results[name] = read_result(path)
+            else:
+                raise LinfiltError(f"no finished results for {name} at this scale ({path} is missing); "
+                                   "run `linfilt reproduce` with the same --models/--epochs/--repeats"
+                                   "/--protocol first")
+            if name in scored:  # Table 8 / 10's "before unlearning" row, from stored logits if need be
+                results[name] = with_before_all(results[name], out)
+        fidelity_result = (fidelity.run(study, out, device, train=train, n_jobs=n_jobs, progress=progress)
+                           if study is not None else None)
     # Every input is at hand before the first output is written: a missing one leaves no half report.
     inversion_result = (_inversion_result(folder, inversion_config, device, train, progress)
                         if inverted else None)

@@ -23,6 +23,7 @@ from linfilt import audit
 from linfilt.atomic import write_json
 from linfilt.paper.data import load
 from linfilt.errors import CorruptFileError, LinfiltError
+from linfilt.paper import cluster
 from linfilt.paper.experiments.spec import Experiment, parse_method
 from linfilt.filtration import filtration_matrix, mean_logits, retained_classes
 from linfilt.paper.population import PopulationConfig, models_in, results_dir, train_populations
@@ -169,12 +170,26 @@ def with_before_all(result: ExperimentResult, out: str | Path) -> ExperimentResu
 
 
 def run_experiment(exp: Experiment, out: str | Path = "runs", device: str = "cpu", n_jobs: int = 1,
-                   progress: bool = True) -> ExperimentResult:
-    """Every number of `exp`, computed or read from a finished earlier run; see module doc."""
-    root = result_dir(exp, out, device)
-    metrics_path = root / "metrics.json"
+                   progress: bool = True, backend: str = "local", address: str | None = None,
+                   cpus_per_task: float | None = None, gpus_per_task: float | None = None
+                   ) -> ExperimentResult:
+    """Every number of `exp`, computed or read from a finished earlier run; see module doc.
+    backend "ray": the populations train on a Ray cluster (`train_populations`'s backend,
+    address, cpus_per_task, gpus_per_task) and the audit's n_jobs tasks run there too."""
+    on_ray = cluster.check_backend(backend, address, cpus_per_task, gpus_per_task, device)
+    metrics_path = result_dir(exp, out, device) / "metrics.json"
     if metrics_path.is_file():
         return read_result(metrics_path)
+    with cluster.connected(on_ray, n_jobs):  # a Ray session for the trainings and the audit
+        return _run_experiment(exp, out, device, n_jobs, progress,
+                               dict(backend=backend, address=address, cpus_per_task=cpus_per_task,
+                                    gpus_per_task=gpus_per_task))
+
+
+def _run_experiment(exp: Experiment, out: str | Path, device: str, n_jobs: int, progress: bool,
+                    placement: dict[str, Any]) -> ExperimentResult:
+    root = result_dir(exp, out, device)
+    metrics_path = root / "metrics.json"
     write_json(root / "experiment.json", exp.to_json())
 
     data = load(exp.dataset)
@@ -186,10 +201,10 @@ def run_experiment(exp: Experiment, out: str | Path = "runs", device: str = "cpu
     started = time.perf_counter()
     pops = ("seen", "notseen", "transfer") if exp.transfer else ("seen", "notseen")
     logits = train_populations(exp.population(device), pops, data=data, out=out,
-                               experiment=exp.name, progress=progress)
+                               experiment=exp.name, progress=progress, **placement)
     # The floor: a second retrained population, independent through its own seed.
     notseen2 = train_populations(exp.population(device, seed=exp.seed + 1), ("notseen",), data=data,
-                                 out=out, experiment=exp.name, progress=progress)["notseen"]
+                                 out=out, experiment=exp.name, progress=progress, **placement)["notseen"]
     train_seconds = time.perf_counter() - started
 
     started = time.perf_counter()
