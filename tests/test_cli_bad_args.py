@@ -171,6 +171,28 @@ ROWS = [
     _row("reproduce", "table1", *SCALE, "--backend", "ray", "--cpus-per-task", "-1"),
     _row("reproduce", "table1", *SCALE, "--address", "10.0.0.1:6379"),
     _row("reproduce", "table1", *SCALE, "--backend", "ray", "--device", "tpu"),
+    # bench
+    _row("bench"),
+    _row("bench", "digits"),
+    _row("bench", "mnist", "--methods", "retrain"),
+    _row("bench", "mnist", "--methods", ""),
+    _row("bench", "mnist", "--attacks", "psychic"),
+    _row("bench", "mnist", "--models", "3"),
+    _row("bench", "mnist", "--models", "0"),
+    _row("bench", "mnist", "--epochs", "-1"),
+    _row("bench", "mnist", "--repeats", "0"),
+    _row("bench", "mnist", "--models", "ten"),
+    _row("bench", "mnist", "--device", "tpu"),
+    _row("bench", "mnist", "--device", "cuda"),
+    _row("bench", "mnist", "--jobs", "0"),
+    _row("bench", "mnist", "--out", UNWRITABLE),
+    _row("bench", "mnist", "--report-dir", UNWRITABLE),
+    # populations trained in chunks of a given size
+    _row("reproduce", "table1", *SCALE, "--chunk-size", "0"),
+    _row("reproduce", "table1", *SCALE, "--chunk-size", "-1"),
+    _row("reproduce", "table1", *SCALE, "--chunk-size", "x"),
+    _row("reproduce", "fidelity", *SCALE, "--chunk-size", "0"),
+    _row("report", "table1", *SCALE, "--chunk-size", "0"),
 ]
 
 

@@ -264,7 +264,7 @@ def test_growing_a_population_trains_only_the_new_models(digits, tmp_path):
     np.testing.assert_array_equal(again, first["seen"])
 
 
-@pytest.mark.parametrize("script", ["unlearn_speed", "population", "data_load"])
+@pytest.mark.parametrize("script", ["unlearn_speed", "population", "data_load", "ray_population"])
 def test_the_benchmarks_import_against_the_current_layout(script):
     import importlib.util
     from pathlib import Path

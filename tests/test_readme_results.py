@@ -1,4 +1,5 @@
-"""The README's Results section may only show tables that a `linfilt reproduce` run wrote.
+"""The README's Results section may only show tables that a `linfilt reproduce` or `linfilt bench`
+run wrote.
 
 Each Markdown table in it must appear, row for row, in one of the reports under results/, so a
 number cannot be typed in, nor go stale when a report is regenerated and the README is not.
@@ -29,7 +30,7 @@ def _tables(text: str) -> list[str]:
 
 README_TABLES = _tables(_section((ROOT / "README.md").read_text(), "## Results"))
 REPORTS = {p.relative_to(ROOT).as_posix(): "\n".join(l.rstrip() for l in p.read_text().splitlines())
-           for p in sorted((ROOT / "results").glob("*/report.md"))}
+           for p in sorted((ROOT / "results").glob("*/*.md"))}
 
 
 def test_the_results_section_has_tables_and_reports_exist():

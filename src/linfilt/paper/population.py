@@ -742,9 +742,10 @@ def trained_models(cfg: PopulationConfig, population: str = "seen", data: Any = 
     saved files, else retrained from their seeds chunk by chunk as its stored logits were made (a
     chunk with any model missing is retrained whole: batched rounding depends on the chunk) and
     saved. A retrained model whose test logits differ from the stored ones (another machine made
-    them) gives one warning. The population's logits are trained first if missing."""
+    them) gives one warning. Missing logits are trained first, their models saved as they are."""
+    # a population not stored yet is trained with its models saved: no second training below
     stored = train_populations(cfg, (population,), data, out, experiment, chunk_size,
-                               progress=progress)[population]
+                               save_models=True, progress=progress)[population]
     chunk_size = default_chunk_size(cfg) if chunk_size is None else chunk_size
     d = _Data(load(cfg.dataset) if data is None else data, cfg.forget, cfg.device)
     shape = {population: stored.shape[1:]}

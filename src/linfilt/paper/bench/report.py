@@ -54,7 +54,8 @@ def _cost(row: Mapping[str, Any], retrain: float) -> tuple[str, str]:
     seconds = row.get("seconds_per_model")
     if seconds is None or seconds <= 0:
         return "—", "—"
-    return f"{seconds:.3g} s", f"{retrain / seconds:,.0f}×"
+    ratio = retrain / seconds
+    return f"{seconds:.3g} s", f"{ratio:,.0f}×" if ratio >= 10 else f"{ratio:.2g}×"
 
 
 def _strongest(attack: ModelAttack) -> str:
@@ -133,7 +134,7 @@ def tradeoff_figure(result: Mapping[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def render(result: Mapping[str, Any], figure: Path, seconds: float | None = None) -> str:
+def render(result: Mapping[str, Any], figure: Path) -> str:
     bench = Bench.from_json(result["bench"])
     exp = bench.experiment
     tradeoff_figure(result, figure)
@@ -141,7 +142,9 @@ def render(result: Mapping[str, Any], figure: Path, seconds: float | None = None
     lines = [f"## {exp.name}: {exp.note}", "",
              f"{exp.models} models per population, {exp.trained_epochs} epochs, forgotten: {forgotten}; "
              f"attack repeats: {exp.repeats}; device: {result['device']}"
-             + (f"; run time {seconds:.0f} s" if seconds is not None else "") + ".", "",
+             + (f"; run time {result['seconds']:.0f} s (the last run that computed anything; "
+                "stored populations and rows are read back, not recomputed)" if "seconds" in result else "")
+             + ".", "",
              "**Forgotten-class advantage** (mean [95 % interval over repeats]; 0 = indistinguishable "
              "from retrained)", "", advantage_table(result, "forgotten"), "",
              "**Retained-class advantage**", "", advantage_table(result, "retained"), "",

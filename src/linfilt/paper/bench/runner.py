@@ -195,15 +195,17 @@ def run_bench(bench: Bench, out: str | Path = "runs", device: str = "cpu", n_job
     result_path = run / "result.json"
     if result_path.is_file():
         return read_stored(result_path, dict)
-    write_json(run / "bench.json", bench.to_json())
+    started = time.perf_counter()
     data = load(exp.dataset)
+    write_json(run / "bench.json", bench.to_json())
     cfg = exp.population(device)
     d = _Data(data, tuple(exp.forget), device, bench.probe_images, exp.seed)
+    # models saved as they train: the methods and the white-box tests need them
     logits = train_populations(cfg, ("seen", "notseen", "transfer"), data=data, out=out,
-                               experiment=exp.name, progress=progress)
+                               experiment=exp.name, save_models=True, progress=progress)
     cfg2 = exp.population(device, seed=exp.seed + 1)
     logits["notseen2"] = train_populations(cfg2, ("notseen",), data=data, out=out, experiment=exp.name,
-                                           progress=progress)["notseen"]
+                                           save_models=True, progress=progress)["notseen"]
     models = {p: trained_models(cfg2 if p == "notseen2" else cfg, p.rstrip("2"), data=data, out=out,
                                 experiment=exp.name, progress=progress) for p in REFERENCES}
     refs = {}
@@ -238,6 +240,7 @@ def run_bench(bench: Bench, out: str | Path = "runs", device: str = "cpu", n_job
         write_json(path, audited[row])
     bar.close()
     result = {"bench": bench.to_json(), "device": device, "classes": [str(c) for c in data.classes],
+              "seconds": time.perf_counter() - started,
               "retrained_accuracy": audit.retained_accuracy_loss(logits["notseen"], d.labels, d.k,
                                                                  exp.forget).summary(),
               "retraining_seconds_per_model": retrain, "rows": audited}
