@@ -9,14 +9,16 @@ import pytest
 from conftest import requires_data
 
 from linfilt import apply_filtration, audit, filtration_matrix, mean_logits
+from linfilt.atomic import write_json
 from linfilt.cli import main
 from linfilt.errors import CorruptFileError, LinfiltError
 from linfilt.paper import report, settings
 from linfilt.paper.experiments import inversion
 from linfilt.paper.experiments import reproduce as rep
-from linfilt.paper.experiments import runner, spec
+from linfilt.paper.experiments import fidelity, runner, spec
 from linfilt.paper.experiments.runner import ExperimentResult, result_dir, unlearn_population
-from linfilt.paper.population import run_dir
+from linfilt.paper.data import Dataset, load
+from linfilt.paper.population import DEFAULT_CHUNK, results_dir, run_dir, train_populations
 
 
 def _population(models=5, n_per_class=20, k=4, seed=0):
@@ -246,3 +248,113 @@ def test_artefacts_that_are_not_a_list_of_names_are_refused(names):
     # a bare string would otherwise be read letter by letter, a number give an AttributeError
     with pytest.raises(LinfiltError, match="artefacts must be a list of names"):
         rep.resolve(names)
+
+
+@pytest.fixture()
+def small_digits(monkeypatch):
+    """The experiments below train on 300 digits images and test on 60 (the runner loads these)."""
+    d = load("digits")
+    small = Dataset("digits", d.x_train[:300], d.y_train[:300], d.x_test[:60], d.y_test[:60], d.classes)
+    monkeypatch.setattr(runner, "load", lambda name: small)
+    return small
+
+
+def _tiny(name="chunky"):
+    return spec.Experiment(name, "digits", (3,), models=4, epochs=1, methods=("naive",),
+                           forgotten_samples=5, retained_samples=5, repeats=2)
+
+
+def test_a_chunk_size_trains_its_own_populations_into_its_own_result_folder(tmp_path, small_digits,
+                                                                           monkeypatch):
+    exp = _tiny()
+    cfg, floor = exp.population("cpu"), exp.population("cpu", seed=exp.seed + 1)
+    assert cfg.strategy == "grouped"  # batched: the chunk size is part of the numbers
+    default = result_dir(exp, tmp_path, "cpu")
+    assert default == tmp_path / "chunky" / f"{exp.digest()}-cpu"  # the folder of earlier runs
+    assert result_dir(exp, tmp_path, "cpu", DEFAULT_CHUNK) == default
+    chunked = result_dir(exp, tmp_path, "cpu", 2)
+    assert chunked == default.with_name(default.name + "-chunk2")
+
+    result = runner.run_experiment(exp, tmp_path, chunk_size=2, progress=False)
+    assert (chunked / "metrics.json").is_file() and not default.exists()
+    for c, pops in ((cfg, ("seen", "notseen")), (floor, ("notseen",))):  # the floor's too
+        root = results_dir(c, tmp_path, "chunky", 2)
+        assert root == run_dir(c, tmp_path, "chunky") / "chunk-2"
+        for p in pops:
+            assert sorted(f.name for f in (root / "chunks" / p).glob("*.npy")) == \
+                ["00000-00002.npy", "00002-00004.npy"]
+        assert not (run_dir(c, tmp_path, "chunky") / "logits").exists()
+    # its numbers are those of populations trained in chunks of 2, independently here
+    fresh = train_populations(cfg, ("seen", "notseen"), data=small_digits, out=tmp_path / "fresh",
+                              chunk_size=2, progress=False)
+    labels = np.asarray(small_digits.y_test)
+    naive = unlearn_population(fresh["seen"], labels, exp.forget, "naive")
+    expect = audit.attack_advantage(naive, fresh["notseen"], labels, exp.forget, repeats=2, seed=exp.seed,
+                                    train_samples=exp.samples(10), test_samples=exp.samples(10),
+                                    **runner.attack_options(exp))
+    np.testing.assert_array_equal(result.attacks["naive"].advantages, expect.advantages)
+    assert result.accuracy["before_all"] == pytest.approx(audit.retained_accuracy_loss(
+        fresh["seen"], labels, 10, exp.forget, images="all").summary())
+
+    # reading back: the stored populations of that chunk size, and no other
+    assert runner.check_stored(exp, tmp_path, "cpu", ("seen", "notseen"), chunk_size=2) == cfg
+    with pytest.raises(LinfiltError, match="no stored seen population"):
+        runner.check_stored(exp, tmp_path, "cpu", ("seen",))
+    np.testing.assert_array_equal(runner.stored_logits(exp, tmp_path, "cpu", ("seen",), data=small_digits,
+                                                       chunk_size=2)["seen"],
+                                  fresh["seen"])
+    old = dataclasses.replace(result, accuracy={k: v for k, v in result.accuracy.items() if k != "before_all"})
+    assert runner.with_before_all(old, tmp_path, 2).accuracy == result.accuracy
+    assert runner.run_experiment(exp, tmp_path, chunk_size=2, progress=False).to_json() == result.to_json()
+
+    # the default chunk size, named or not, is today's run: its populations and results folders
+    by_default = runner.run_experiment(exp, tmp_path, chunk_size=DEFAULT_CHUNK, progress=False)
+    assert (default / "metrics.json").is_file()
+    assert (run_dir(cfg, tmp_path, "chunky") / "logits" / "seen.npy").is_file()
+    monkeypatch.setattr(runner, "train_populations", lambda *a, **k: pytest.fail("trained again"))
+    assert runner.run_experiment(exp, tmp_path, progress=False).to_json() == by_default.to_json()
+    with pytest.raises(LinfiltError, match="chunk_size must be a positive integer"):
+        runner.run_experiment(exp, tmp_path, chunk_size=0, progress=False)
+
+
+def test_a_chunk_size_moves_the_results_only_where_it_changes_the_numbers(tmp_path, capsys):
+    exp = spec.EXPERIMENTS["cifar10-p256"].scaled(4, 1, 2)
+    assert exp.population("cpu").strategy == "loop"  # one model at a time: the chunks change nothing
+    assert result_dir(exp, tmp_path, "cpu", 25) == result_dir(exp, tmp_path, "cpu")
+    assert exp.population("cuda").strategy == "grouped"
+    assert result_dir(exp, tmp_path, "cuda:1", 25).name == f"{exp.digest()}-cuda-chunk25"
+    # `linfilt report` reads the results of the chunk size it is given
+    classes = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+    shares = np.full(9, 1 / 9)
+    distribution = {"retrained": {"probabilities_mean": shares.tolist(),
+                                  "probabilities_std": (shares / 10).tolist()}}
+    result = ExperimentResult(exp, "cuda", classes, tuple(range(1, 10)), {}, {}, {}, distribution, {})
+    write_json(result_dir(exp, tmp_path, "cuda", 25) / "metrics.json", result.to_json())
+    args = ["report", "figure3", "--models", "4", "--epochs", "1", "--repeats", "2", "--device", "cuda",
+            "--out", str(tmp_path)]
+    assert main(args) == 2
+    assert "no finished results for cifar10-p256" in capsys.readouterr().err
+    assert main([*args, "--chunk-size", "25"]) == 0
+    assert (tmp_path / "figure3-cifar10-p256.png").is_file()
+
+
+def test_the_fidelity_study_reads_and_trains_the_populations_of_its_chunk_size(tmp_path, monkeypatch):
+    seen, labels = _population(models=4, k=10)
+    notseen = seen[:, :, 1:] + 1
+    monkeypatch.setattr(fidelity, "load", lambda name: SimpleNamespace(y_test=labels, classes=tuple("0123456789")))
+    calls = []
+    monkeypatch.setattr(fidelity, "train_populations", lambda cfg, names, **kw: calls.append((cfg.seed, kw)) or {
+        "seen": seen, "notseen": notseen})
+    monkeypatch.setitem(settings.FIDELITY, "rows", ("naive",))
+    exp = dataclasses.replace(spec.EXPERIMENTS["mnist"].scaled(4, 1, 2), forgotten_samples=6,
+                              retained_samples=5)
+    with pytest.raises(LinfiltError, match=r"no stored seen population of mnist \(seed 1\).*chunk-2"):
+        fidelity.run(exp, tmp_path, seeds=(1,), train=False, chunk_size=2, progress=False)
+    result = fidelity.run(exp, tmp_path, seeds=(1,), chunk_size=2, progress=False)
+    assert [(seed, kw["chunk_size"], kw["backend"]) for seed, kw in calls] == [(1, 2, "local")]
+    stored = {p.name for p in (result_dir(exp, tmp_path, "cpu", 2) / "fidelity").iterdir()}
+    assert stored == {f"seed1-{s}-{a}-{row}.json" for s in fidelity.SAMPLINGS for a in fidelity.ALGORITHMS
+                      for row in settings.FIDELITY["rows"]}
+    assert len(result.attacks) == len(stored)
+    with pytest.raises(LinfiltError, match="chunk_size must be a positive integer"):
+        fidelity.run(exp, tmp_path, seeds=(1,), chunk_size=-1, progress=False)

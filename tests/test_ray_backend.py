@@ -221,3 +221,51 @@ def test_nothing_loads_ray_until_the_ray_backend_is_asked_for():
             "linfilt.paper.experiments.reproduce; print('ray' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_an_experiment_in_chunks_on_ray_gives_the_local_numbers_and_trains_the_floor_beside(
+        local_ray, digits, tmp_path, monkeypatch):
+    import json
+    import threading
+
+    from linfilt.paper.experiments import fidelity, runner
+
+    if not ray.is_initialized():  # an earlier test shut the module's instance down (local_ray stops it)
+        ray.init(num_cpus=2, include_dashboard=False)
+    monkeypatch.setattr(runner, "load", lambda name: digits)
+    monkeypatch.setattr(fidelity, "load", lambda name: digits)
+    monkeypatch.setitem(fidelity.FIDELITY, "rows", ("naive",))
+    exp = Experiment("ray_chunks", "digits", (3,), models=4, epochs=1, methods=("naive",),
+                     forgotten_samples=5, retained_samples=5, repeats=1)
+    local = run_experiment(exp, tmp_path / "local", progress=False, chunk_size=2).to_json()
+    # the call for the first populations waits until the floor's has started: sequential calls fail
+    floor_started = threading.Event()
+    runs = []
+    train_on_ray = cluster.train_on_ray
+
+    def concurrent(runner_, *args, **kwargs):
+        if runner_.cfg.seed == exp.seed + 1:
+            floor_started.set()
+        else:
+            assert floor_started.wait(30), "the floor's population was not submitted beside the others"
+        runs.append(train_on_ray(runner_, *args, **kwargs))
+        return runs[-1]
+
+    monkeypatch.setattr(cluster, "train_on_ray", concurrent)
+    on_ray = run_experiment(exp, tmp_path / "ray", progress=False, backend="ray", chunk_size=2).to_json()
+    assert sorted(sum(nodes.values()) for nodes in runs) == [4, 8]  # floor; seen + notseen
+    del local["seconds"], on_ray["seconds"]
+    # (compared as text: with one repeat the intervals are NaN)
+    assert json.dumps(on_ray, sort_keys=True) == json.dumps(local, sort_keys=True)
+    for c in (exp.population(), exp.population(seed=exp.seed + 1)):
+        assert _files(results_dir(c, tmp_path / "ray", exp.name, 2)) == \
+            _files(results_dir(c, tmp_path / "local", exp.name, 2))
+    # the fidelity study trains its populations (here seed 1's seen; notseen is the floor's) on Ray too
+    runs.clear()
+    fidelity.run(exp, tmp_path / "ray", seeds=(1,), chunk_size=2, progress=False, backend="ray")
+    assert [sum(nodes.values()) for nodes in runs] == [4]
+    cfg = exp.population(seed=1)
+    train_populations(cfg, ("seen",), data=digits, out=tmp_path / "local", experiment=exp.name,
+                      chunk_size=2, progress=False)
+    assert _files(results_dir(cfg, tmp_path / "ray", exp.name, 2)) == \
+        _files(results_dir(cfg, tmp_path / "local", exp.name, 2))

@@ -16,7 +16,7 @@ def register(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     report = reproduce(args.artifacts, args.out, models=args.models, epochs=args.epochs,
                        repeats=args.repeats, device=args.device, train=False,
-                       report_dir=args.report_dir, protocol=args.protocol)
+                       report_dir=args.report_dir, protocol=args.protocol, chunk_size=args.chunk_size)
     if args.print_report:
         print(report.read_text())
     print(f"report written to {report}")

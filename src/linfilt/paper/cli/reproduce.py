@@ -21,6 +21,11 @@ def add_scale_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument("--out", default="runs", help="results folder (default ./runs)")
     p.add_argument("--report-dir", help="where report.md and its figures go (default: --out)")
+    p.add_argument("--chunk-size", type=int,
+                   help="models trained at once, each chunk one task with --backend ray (default 1 "
+                        "with the loop strategy, else 100); with a batched strategy (MLPs; every "
+                        "model on cuda) each chunk size has populations and results of its own: give "
+                        "the one the populations were trained with")
     p.add_argument("--protocol", choices=sorted(ATTACK_PROTOCOLS), default="ours",
                    help="attack protocol: ours (default: a fresh image subset per model, AdaBoost "
                         "SAMME) or authors (their scripts: one image subset per population and side, "
@@ -45,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
                        repeats=args.repeats, device=args.device, n_jobs=args.jobs,
                        report_dir=args.report_dir, protocol=args.protocol, backend=args.backend,
                        address=args.address, cpus_per_task=args.cpus_per_task,
-                       gpus_per_task=args.gpus_per_task)
+                       gpus_per_task=args.gpus_per_task, chunk_size=args.chunk_size)
     if args.print_report:
         print(report.read_text())
     print(f"report written to {report}")

@@ -52,7 +52,7 @@ def reproduce(artifacts: Sequence[str], out: str | Path = "runs", *, models: int
               n_jobs: int = 1, train: bool = True, progress: bool = True,
               report_dir: str | Path | None = None, protocol: str = "ours", backend: str = "local",
               address: str | None = None, cpus_per_task: float | None = None,
-              gpus_per_task: float | None = None) -> Path:
+              gpus_per_task: float | None = None, chunk_size: int | None = None) -> Path:
     """Run (train=True) or only read back (train=False) what `artifacts` need; write the report.
     Returns the report's path: `<report_dir>/report.md` (default `<out>/report.md`), figures beside it.
 
@@ -61,13 +61,18 @@ def reproduce(artifacts: Sequence[str], out: str | Path = "runs", *, models: int
     default protocol; with train=False too, it audits the stored populations for the attacks
     not stored yet, and stores them under `out`.
 
-    backend "ray" trains the experiments' populations on a Ray cluster and runs their audits'
-    n_jobs tasks there (`run_experiment`); the fidelity study and the inversion run here.
+    chunk_size: models trained at once, and so the work of one Ray task (None: the population
+    engine's default, 100 for a batched strategy); with a batched strategy each chunk size has
+    populations and results of its own, so a report reads those of the chunk size it is given.
+
+    backend "ray" trains the experiments' and the fidelity study's populations on a Ray cluster
+    and runs their audits' n_jobs tasks there (`run_experiment`); the inversion runs here.
 
     Every argument and output path is checked before the first experiment starts. The report and
     its figures are this function's products: they replace earlier ones, but never an input."""
     artifacts = resolve(artifacts)
-    for flag, value in (("--models", models), ("--epochs", epochs), ("--repeats", repeats)):
+    for flag, value in (("--models", models), ("--epochs", epochs), ("--repeats", repeats),
+                        ("--chunk-size", chunk_size)):
         check_optional_positive_int(value, flag)
     check_n_jobs(n_jobs, "--jobs")
     check_protocol(protocol)
@@ -97,10 +102,11 @@ def reproduce(artifacts: Sequence[str], out: str | Path = "runs", *, models: int
     scored = {n for a in artifacts if a in ARTIFACTS and ARTIFACTS[a].layout == "accuracy"
               for n in ARTIFACTS[a].experiments}
     placement = dict(backend=backend, address=address, cpus_per_task=cpus_per_task,
-                     gpus_per_task=gpus_per_task)
-    with cluster.connected(on_ray if train and experiments else None, n_jobs):  # one Ray session for all
+                     gpus_per_task=gpus_per_task, chunk_size=chunk_size)
+    # one Ray session for the experiments and the fidelity study
+    with cluster.connected(on_ray if train and (experiments or study is not None) else None, n_jobs):
         for name, exp in experiments.items():
-            path = result_dir(exp, out, device) / "metrics.json"
+            path = result_dir(exp, out, device, chunk_size) / "metrics.json"
             if train:
                 results[name] = run_experiment(exp, out, device, n_jobs=n_jobs, progress=progress,
                                                **placement)
@@ -109,11 +115,11 @@ def reproduce(artifacts: Sequence[str], out: str | Path = "runs", *, models: int
             else:
                 raise LinfiltError(f"no finished results for {name} at this scale ({path} is missing); "
                                    "run `linfilt reproduce` with the same --models/--epochs/--repeats"
-                                   "/--protocol first")
+                                   "/--protocol first (and --chunk-size, if it was given)")
             if name in scored:  # Table 8 / 10's "before unlearning" row, from stored logits if need be
-                results[name] = with_before_all(results[name], out)
-        fidelity_result = (fidelity.run(study, out, device, train=train, n_jobs=n_jobs, progress=progress)
-                           if study is not None else None)
+                results[name] = with_before_all(results[name], out, chunk_size)
+        fidelity_result = (fidelity.run(study, out, device, train=train, n_jobs=n_jobs, progress=progress,
+                                        **placement) if study is not None else None)
     # Every input is at hand before the first output is written: a missing one leaves no half report.
     inversion_result = (_inversion_result(folder, inversion_config, device, train, progress)
                         if inverted else None)

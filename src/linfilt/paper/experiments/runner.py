@@ -1,17 +1,21 @@
 """Run one experiment: train (or load) its populations, unlearn every seen model from its stored
 logits, audit, and keep every number in `metrics.json`.
 
-Storage: `<out>/<experiment>/<digest>/` holds `experiment.json` (exactly what was run),
-`attacks/<row>.json` (one per audited row, written as it finishes, so a killed run resumes at the
-next row) and `metrics.json`; the populations live beside it under their own config hashes.
+Storage: `<out>/<experiment>/<digest>-<device type>/` holds `experiment.json` (exactly what was
+run), `attacks/<row>.json` (one per audited row, written as it finishes, so a killed run resumes at
+the next row) and `metrics.json`; the populations live beside it under their own config hashes.
+Populations trained in chunks of a non-default size c by a batched strategy have numbers of their
+own (see linfilt.paper.population), and so have the results made from them: `...-chunk<c>/`.
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
 import json
+import threading
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -26,7 +30,8 @@ from linfilt.errors import CorruptFileError, LinfiltError
 from linfilt.paper import cluster
 from linfilt.paper.experiments.spec import Experiment, parse_method
 from linfilt.filtration import filtration_matrix, mean_logits, retained_classes
-from linfilt.paper.population import PopulationConfig, models_in, results_dir, train_populations
+from linfilt.paper.population import PopulationConfig, models_in, results_dir, run_dir, train_populations
+from linfilt.validation import check_optional_positive_int
 
 T = TypeVar("T")
 
@@ -96,8 +101,16 @@ class ExperimentResult:
             raise LinfiltError(f"not an experiment's metrics: {exc!r}") from None
 
 
-def result_dir(exp: Experiment, out: str | Path, device: str) -> Path:
-    return Path(out) / exp.name / f"{exp.digest()}-{device.split(':')[0]}"
+def result_dir(exp: Experiment, out: str | Path, device: str, chunk_size: int | None = None) -> Path:
+    """Where `run_experiment` keeps the results of `exp` on `device` with populations trained in
+    chunks of `chunk_size` (None: the default); a chunk size that changes the populations' numbers
+    gets its own folder, the default keeps the folders of earlier runs."""
+    name = f"{exp.digest()}-{device.split(':')[0]}"
+    if chunk_size is not None:
+        cfg = exp.population(device)
+        if results_dir(cfg, out, exp.name, chunk_size) != run_dir(cfg, out, exp.name):
+            name += f"-chunk{chunk_size}"  # (its populations live in a chunk-<c> subfolder)
+    return Path(out) / exp.name / name
 
 
 _RECOMPUTE = "delete it and rerun the same command, which recomputes it"
@@ -135,35 +148,40 @@ def attack_options(exp: Experiment) -> dict[str, Any]:
 
 
 def check_stored(exp: Experiment, out: str | Path, device: str, populations: tuple[str, ...],
-                 seed: int | None = None) -> PopulationConfig:
+                 seed: int | None = None, chunk_size: int | None = None) -> PopulationConfig:
     """The config of finished populations of `exp` (population seed `seed`, default the
-    experiment's), without reading them; LinfiltError names the first one not stored in full."""
+    experiment's; trained in chunks of `chunk_size`, default the default), without reading them;
+    LinfiltError names the first one not stored in full."""
     cfg = exp.population(device, seed=seed)
     for population in populations:
-        path = results_dir(cfg, out, exp.name) / "logits" / f"{population}.npy"
+        path = results_dir(cfg, out, exp.name, chunk_size) / "logits" / f"{population}.npy"
         stored = models_in(path) if path.is_file() else 0
         if stored < cfg.models:  # (train_populations would train the missing ones)
             raise LinfiltError(f"no stored {population} population of {exp.name} (seed {cfg.seed}) of "
                                f"{cfg.models} models at {path} ({stored} stored); run `linfilt reproduce` "
-                               "to train it")
+                               "(with the same --chunk-size) to train it")
     return cfg
 
 
 def stored_logits(exp: Experiment, out: str | Path, device: str, populations: tuple[str, ...],
-                  seed: int | None = None, data: Any = None) -> dict[str, np.ndarray]:
+                  seed: int | None = None, data: Any = None, chunk_size: int | None = None
+                  ) -> dict[str, np.ndarray]:
     """Logits of finished populations of `exp` (see `check_stored`), read without training."""
-    cfg = check_stored(exp, out, device, populations, seed)
-    return train_populations(cfg, populations, data=data, out=out, experiment=exp.name, progress=False)
+    cfg = check_stored(exp, out, device, populations, seed, chunk_size)
+    return train_populations(cfg, populations, data=data, out=out, experiment=exp.name,
+                             chunk_size=chunk_size, progress=False)
 
 
-def with_before_all(result: ExperimentResult, out: str | Path) -> ExperimentResult:
+def with_before_all(result: ExperimentResult, out: str | Path, chunk_size: int | None = None
+                    ) -> ExperimentResult:
     """`result` with accuracy["before_all"]: a metrics.json written before that row existed lacks
-    it, and it is computed here from the stored seen logits (nothing is written)."""
+    it, and it is computed here from the stored seen logits (of populations trained in chunks of
+    `chunk_size`, as the result was; nothing is written)."""
     if "before_all" in result.accuracy:
         return result
     exp = result.experiment
     data = load(exp.dataset)
-    seen = stored_logits(exp, out, result.device, ("seen",), data=data)["seen"]
+    seen = stored_logits(exp, out, result.device, ("seen",), data=data, chunk_size=chunk_size)["seen"]
     row = audit.retained_accuracy_loss(seen, np.asarray(data.y_test), len(data.classes), exp.forget,
                                        images="all").summary()
     return dataclasses.replace(result, accuracy={**result.accuracy, "before_all": row})
@@ -171,24 +189,42 @@ def with_before_all(result: ExperimentResult, out: str | Path) -> ExperimentResu
 
 def run_experiment(exp: Experiment, out: str | Path = "runs", device: str = "cpu", n_jobs: int = 1,
                    progress: bool = True, backend: str = "local", address: str | None = None,
-                   cpus_per_task: float | None = None, gpus_per_task: float | None = None
-                   ) -> ExperimentResult:
+                   cpus_per_task: float | None = None, gpus_per_task: float | None = None,
+                   chunk_size: int | None = None) -> ExperimentResult:
     """Every number of `exp`, computed or read from a finished earlier run; see module doc.
-    backend "ray": the populations train on a Ray cluster (`train_populations`'s backend,
-    address, cpus_per_task, gpus_per_task) and the audit's n_jobs tasks run there too."""
+    chunk_size: models trained at once (`train_populations`'s; None: its default), which is also
+    the work of one Ray task. backend "ray": the populations train on a Ray cluster
+    (`train_populations`'s backend, address, cpus_per_task, gpus_per_task), the floor's second
+    population beside the others, and the audit's n_jobs tasks run there too."""
+    check_optional_positive_int(chunk_size, "chunk_size")
     on_ray = cluster.check_backend(backend, address, cpus_per_task, gpus_per_task, device)
-    metrics_path = result_dir(exp, out, device) / "metrics.json"
+    metrics_path = result_dir(exp, out, device, chunk_size) / "metrics.json"
     if metrics_path.is_file():
         return read_result(metrics_path)
     with cluster.connected(on_ray, n_jobs):  # a Ray session for the trainings and the audit
-        return _run_experiment(exp, out, device, n_jobs, progress,
+        return _run_experiment(exp, out, device, n_jobs, progress, chunk_size,
                                dict(backend=backend, address=address, cpus_per_task=cpus_per_task,
                                     gpus_per_task=gpus_per_task))
 
 
+def _beside(fn: Callable[..., T], *args: Any) -> Future[T]:
+    """fn(*args) in a daemon thread: a run stopped by an error or Ctrl-C leaves without waiting
+    for it (what it has stored is kept, as for a killed run)."""
+    future: Future[T] = Future()
+
+    def work() -> None:
+        try:
+            future.set_result(fn(*args))
+        except BaseException as exc:  # handed to whoever waits for the result
+            future.set_exception(exc)
+
+    threading.Thread(target=work, daemon=True).start()
+    return future
+
+
 def _run_experiment(exp: Experiment, out: str | Path, device: str, n_jobs: int, progress: bool,
-                    placement: dict[str, Any]) -> ExperimentResult:
-    root = result_dir(exp, out, device)
+                    chunk_size: int | None, placement: dict[str, Any]) -> ExperimentResult:
+    root = result_dir(exp, out, device, chunk_size)
     metrics_path = root / "metrics.json"
     write_json(root / "experiment.json", exp.to_json())
 
@@ -200,11 +236,17 @@ def _run_experiment(exp: Experiment, out: str | Path, device: str, n_jobs: int, 
 
     started = time.perf_counter()
     pops = ("seen", "notseen", "transfer") if exp.transfer else ("seen", "notseen")
-    logits = train_populations(exp.population(device), pops, data=data, out=out,
-                               experiment=exp.name, progress=progress, **placement)
+    train = functools.partial(train_populations, data=data, out=out, experiment=exp.name,
+                              chunk_size=chunk_size, progress=progress, **placement)
     # The floor: a second retrained population, independent through its own seed.
-    notseen2 = train_populations(exp.population(device, seed=exp.seed + 1), ("notseen",), data=data,
-                                 out=out, experiment=exp.name, progress=progress, **placement)["notseen"]
+    floor_cfg = exp.population(device, seed=exp.seed + 1)
+    if placement["backend"] == "ray":  # its tasks go to the cluster beside the first call's
+        floor = _beside(train, floor_cfg, ("notseen",))
+        logits = train(exp.population(device), pops)
+        notseen2 = floor.result()["notseen"]
+    else:
+        logits = train(exp.population(device), pops)
+        notseen2 = train(floor_cfg, ("notseen",))["notseen"]
     train_seconds = time.perf_counter() - started
 
     started = time.perf_counter()
