@@ -88,35 +88,46 @@ def _forgotten_accuracy(models: list[nn.Module], d: _Data) -> np.ndarray:
 
 
 def _unlearn_chunk(method: str, seen: list[nn.Module], d: _Data, seeds: list[int],
-                   strategy: str) -> tuple[list[nn.Module], np.ndarray]:
-    """The chunk's unlearned models (k - |C| outputs) and their forgotten-class accuracy."""
+                   strategy: str, on_step: Callable[[int], None] | None = None
+                   ) -> tuple[list[nn.Module], np.ndarray]:
+    """The chunk's unlearned models (k - |C| outputs) and their forgotten-class accuracy;
+    on_step(images) reports a training method's progress."""
     if method in FILTRATIONS:
         out = [unlearn(m, d.forget, (d.x, d.y), method=method, rng=s) for m, s in zip(seen, seeds)]
         return out, np.full(len(seen), np.nan)  # no output for the forgotten class is left
     full = trained_methods.unlearn_models(method, seen, d.x, d.y, d.forget, seeds, strategy=strategy,
-                                          keep_outputs=True)
+                                          keep_outputs=True, on_step=on_step)
     forgotten = _forgotten_accuracy(full, d)
     return [trained_methods.drop_forgotten(m, d.forget) for m in full], forgotten
 
 
 def unlearned_population(bench: Bench, method: str, seen: list[nn.Module], d: _Data, root: Path,
-                         cfg: PopulationConfig, progress: Callable[[int], None]) -> Unlearned:
-    """`method` applied to every seen model, chunk by chunk (a killed run resumes at its chunk)."""
+                         cfg: PopulationConfig, bar: tqdm) -> Unlearned:
+    """`method` applied to every seen model, chunk by chunk (a killed run resumes at its chunk);
+    `bar` counts models done, its postfix the images a training method has gone through."""
     store = ChunkStore(root / "unlearned" / method / bench.method_key(method, cfg.device))
     chunk = BENCH["chunk"][cfg.strategy != "loop"]
     done = store.done()
     for a in range(0, len(seen), chunk):
         idx = range(a, min(a + chunk, len(seen)))
         if (a, idx.stop) in done:
-            progress(len(idx))
+            bar.update(len(idx))
             continue
+        images = 0
+
+        def step(n: int) -> None:
+            nonlocal images
+            images += n
+            bar.set_postfix_str(f"{method}: {images:,} images", refresh=False)
+            bar.update(0)  # prints at most every mininterval
+
         started = time.perf_counter()
         models, forgotten = _unlearn_chunk(method, seen[a:idx.stop], d,
-                                           _seeds(bench.experiment.seed, method, idx), cfg.strategy)
+                                           _seeds(bench.experiment.seed, method, idx), cfg.strategy, step)
         seconds = time.perf_counter() - started
         logits = _outputs(models, d.x_test, d.device, lambda m, xb: m(xb))
         store.write(a, Unlearned(logits, _features(models, d), _heads(models), forgotten, seconds))
-        progress(len(idx))
+        bar.update(len(idx))
     return store.read(len(seen))
 
 
@@ -222,7 +233,7 @@ def run_bench(bench: Bench, out: str | Path = "runs", device: str = "cpu", n_job
             rows[method] = refs["transfer"]
             bar.update(exp.models)
         else:
-            rows[method] = unlearned_population(bench, method, models["seen"], d, root, cfg, bar.update)
+            rows[method] = unlearned_population(bench, method, models["seen"], d, root, cfg, bar)
     bar.close()
     retrain = retraining_seconds(cfg, d, min(exp.models, BENCH["chunk"][cfg.strategy != "loop"]))
 

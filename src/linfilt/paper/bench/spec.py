@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from linfilt.errors import LinfiltError
-from linfilt.filtration import check_method
 from linfilt.paper import settings
 from linfilt.paper.experiments.spec import EXPERIMENTS, Experiment
 from linfilt.validation import check_positive_int
@@ -51,9 +50,6 @@ class Bench:
         object.__setattr__(self, "methods", _choice(self.methods, ROWS, "method(s)"))
         object.__setattr__(self, "attacks", _choice(self.attacks, ATTACKS, "attack group(s)"))
         check_positive_int(self.probe_images, "probe_images")
-        for m in self.methods:
-            if m in FILTRATIONS:
-                check_method(m)
 
     @classmethod
     def named(cls, dataset: str, *, models: int | None = None, epochs: int | None = None,
