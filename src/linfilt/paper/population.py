@@ -355,7 +355,7 @@ def train_models(models: list[nn.Module], x: torch.Tensor, y: torch.Tensor, orde
     return models
 
 
-class _Data:
+class TrainingData:
     """A data set as float tensors on the training device, with the retained-class subset."""
 
     def __init__(self, dataset: Any, forget: tuple[int, ...], device: str) -> None:
@@ -506,7 +506,7 @@ class _Part:
     models: list[nn.Module] | None  # only when the models are saved
 
 
-def _train(cfg: PopulationConfig, d: _Data, population: str, indices: list[int],
+def _train(cfg: PopulationConfig, d: TrainingData, population: str, indices: list[int],
            bodies: list[nn.Module] | None, checkpoint, on_step) -> list[nn.Module]:
     """Models `indices` of `population`, trained from their seeds (transfer: on `bodies`)."""
     seeds = [model_seeds(cfg.seed, population, j) for j in indices]
@@ -526,7 +526,7 @@ def _train(cfg: PopulationConfig, d: _Data, population: str, indices: list[int],
     return models
 
 
-def _part(cfg: PopulationConfig, d: _Data, population: str, indices: list[int],
+def _part(cfg: PopulationConfig, d: TrainingData, population: str, indices: list[int],
           models: list[nn.Module], save_models: bool) -> _Part:
     logits = np.stack([predict_logits(m, d.x_test, cfg.device, EVAL_BATCH) for m in models])
     problem = _logits_problem(logits)
@@ -536,7 +536,7 @@ def _part(cfg: PopulationConfig, d: _Data, population: str, indices: list[int],
     return _Part(population, indices, logits, models if save_models else None)
 
 
-def train_chunk(cfg: PopulationConfig, d: _Data, plan: dict[str, list[int]],
+def train_chunk(cfg: PopulationConfig, d: TrainingData, plan: dict[str, list[int]],
                 given: dict[int, nn.Module], save_models: bool, checkpoint=None, on_step=None
                 ) -> Iterator[_Part]:
     """The work of one chunk, the same on every backend: train the models `plan` names (population
@@ -567,7 +567,7 @@ class _Runner:
     """Plans the missing chunks of the requested populations of one config and stores what
     training them gives; `run` is the local backend (linfilt.paper.cluster the Ray one)."""
 
-    def __init__(self, cfg: PopulationConfig, data: _Data, store: _Store, save_models: bool,
+    def __init__(self, cfg: PopulationConfig, data: TrainingData, store: _Store, save_models: bool,
                  progress: bool) -> None:
         self.cfg, self.data, self.store = cfg, data, store
         self.save_models, self.progress = save_models, progress
@@ -644,7 +644,7 @@ class _Runner:
         progress; the models (if saved) on the CPU."""
         with warnings.catch_warnings():  # the labels arrive read-only from Ray's object store: they stay so
             warnings.filterwarnings("ignore", "The given NumPy array is not writable")
-            data = _Data(dataset, cfg.forget, cfg.device)
+            data = TrainingData(dataset, cfg.forget, cfg.device)
         parts = list(train_chunk(cfg, data, plan, given, save_models))
         for part in parts:
             if part.models is not None:
@@ -713,7 +713,7 @@ def train_populations(cfg: PopulationConfig, populations: Sequence[str] = ("seen
     if data is None:
         data = load(cfg.dataset)
     # with Ray the driver only checks and stores: the cluster's nodes train on cfg.device
-    d = _Data(data, cfg.forget, "cpu" if on_ray else cfg.device)
+    d = TrainingData(data, cfg.forget, "cpu" if on_ray else cfg.device)
     root = run_dir(cfg, out, experiment)
     k = len(d.classes)
     shape = {"seen": (len(d.y_test), k), "notseen": (len(d.y_test), len(d.kept)),
@@ -743,11 +743,12 @@ def trained_models(cfg: PopulationConfig, population: str = "seen", data: Any = 
     chunk with any model missing is retrained whole: batched rounding depends on the chunk) and
     saved. A retrained model whose test logits differ from the stored ones (another machine made
     them) gives one warning. Missing logits are trained first, their models saved as they are."""
+    data = load(cfg.dataset) if data is None else data
     # a population not stored yet is trained with its models saved: no second training below
     stored = train_populations(cfg, (population,), data, out, experiment, chunk_size,
                                save_models=True, progress=progress)[population]
     chunk_size = default_chunk_size(cfg) if chunk_size is None else chunk_size
-    d = _Data(load(cfg.dataset) if data is None else data, cfg.forget, cfg.device)
+    d = TrainingData(data, cfg.forget, cfg.device)
     shape = {population: stored.shape[1:]}
     runner = _Runner(cfg, d, _Store(results_dir(cfg, out, experiment, chunk_size), cfg, shape, chunk_size),
                      save_models=True, progress=progress)
@@ -781,7 +782,7 @@ def trained_models(cfg: PopulationConfig, population: str = "seen", data: Any = 
     return [models[j] for j in range(cfg.models)]
 
 
-def _output_ids(d: _Data, population: str) -> tuple[tuple[int, ...], tuple[str, ...]]:
+def _output_ids(d: TrainingData, population: str) -> tuple[tuple[int, ...], tuple[str, ...]]:
     """The original class ids and names of a population's outputs."""
     ids = range(len(d.classes)) if population == "seen" else d.kept
     return tuple(int(i) for i in ids), tuple(d.classes[i] for i in ids)

@@ -21,33 +21,28 @@ from tqdm.auto import tqdm
 
 from linfilt import audit, lira, probe
 from linfilt.atomic import write_json
-from linfilt.filtration import retained_classes
 from linfilt.paper import methods as trained_methods
 from linfilt.paper.arrays import finite_problem, load_array, save_array
 from linfilt.paper.bench.spec import FILTRATIONS, Bench
 from linfilt.paper.bench.store import ChunkStore, Unlearned
-from linfilt.paper.data import load, to_float
+from linfilt.paper.data import load
 from linfilt.paper.experiments.runner import attack_options, read_stored
-from linfilt.paper.population import (PopulationConfig, init_model, trained_models, train_models,
-                                      train_populations)
+from linfilt.paper.population import (PopulationConfig, TrainingData, init_model, trained_models,
+                                      train_models, train_populations)
 from linfilt.paper.settings import BENCH, EVAL_BATCH
-from linfilt.paper.training import as_tensors
 from linfilt.pytorch import unlearn
 
 REFERENCES = ("seen", "notseen", "transfer", "notseen2")
 
 
-class _Data:
-    """The bench's data on the training device: training set, test set, probe images."""
+class _Data(TrainingData):
+    """The population engine's data (training set on the device, test set, retained subset) and
+    the probe images: a seeded subset of the test set."""
 
     def __init__(self, dataset: Any, forget: tuple[int, ...], device: str, probe_images: int,
                  seed: int) -> None:
-        self.k = len(dataset.classes)
-        self.forget = forget
-        self.kept = retained_classes(self.k, forget)
-        self.x, self.y = as_tensors(to_float(dataset.x_train), dataset.y_train, device)
-        self.x_test = torch.as_tensor(to_float(dataset.x_test))
-        self.labels = np.asarray(dataset.y_test, dtype=np.int64)
+        super().__init__(dataset, forget, device)
+        self.k, self.labels, self.device = len(self.classes), self.y_test, device
         n = len(self.labels)
         rng = np.random.default_rng([seed, zlib.crc32(b"probe")])
         self.probe = np.sort(rng.choice(n, min(probe_images, n), replace=False))
@@ -134,43 +129,41 @@ def unlearned_population(bench: Bench, method: str, seen: list[nn.Module], d: _D
 def reference(models: list[nn.Module], d: _Data, folder: Path) -> tuple[np.ndarray, np.ndarray]:
     """Features on the probe images and heads of a trained population, stored once."""
     paths = folder / "features.npy", folder / "heads.npy"
-    if not all(p.is_file() for p in paths):
-        save_array(paths[1], _heads(models))
-        save_array(paths[0], _features(models, d))
-    return tuple(load_array(p, None, np.float32, finite_problem) for p in paths)
+    if all(p.is_file() for p in paths):
+        return tuple(load_array(p, None, np.float32, finite_problem) for p in paths)
+    arrays = _features(models, d), _heads(models)
+    for path, arr in zip(paths[::-1], arrays[::-1]):  # features last: both there means both done
+        save_array(path, arr)
+    return arrays
 
 
 def retraining_seconds(cfg: PopulationConfig, d: _Data, models: int) -> float:
     """Seconds to retrain one model without the forgotten classes, measured here: `models` fresh
     models (a chunk, as the methods run) trained with the population's strategy on BENCH
     ["cost_batches"] mini-batches, scaled to the full epochs (every mini-batch costs the same)."""
-    keep = torch.as_tensor(np.isin(d.y.cpu().numpy(), d.kept), device=d.y.device)
-    x, y = d.x[keep], d.y[keep]
-    new = torch.full((d.k,), -1, dtype=torch.int64, device=y.device)
-    new[torch.as_tensor(d.kept, device=y.device)] = torch.arange(len(d.kept), device=y.device)
+    x, y = d.kept_data
     n = min(len(y), BENCH["cost_batches"] * cfg.batch_size)
     nets = [init_model(cfg.arch, cfg.arch_kwargs, len(d.kept), j).to(x.device) for j in range(models)]
     started = time.perf_counter()
-    train_models(nets, x[:n], new[y[:n]], list(range(models)), 1, cfg.batch_size, cfg.lr, cfg.strategy,
+    train_models(nets, x[:n], y[:n], list(range(models)), 1, cfg.batch_size, cfg.lr, cfg.strategy,
                  cfg.precision)
     return (time.perf_counter() - started) * (len(y) / n) * cfg.epochs / models
 
 
-def _attacks(bench: Bench, row_logits: np.ndarray, retrained: np.ndarray, labels: np.ndarray,
+def _attacks(bench: Bench, row_logits: np.ndarray, retrained: np.ndarray, d: _Data,
              floor: bool, n_jobs: int, tick: Callable[[], None]) -> dict[str, Any]:
     """The classifier attacks of one row: "paper" (NN, RF, AB on logits) and, with the strong
     group, LR and MLP on logits and the paper's three on sorted logits."""
     exp = bench.experiment
-    k = len(np.unique(labels))
-    common = dict(repeats=exp.repeats, seed=exp.seed, train_samples=exp.samples(k),
-                  test_samples=exp.samples(k), n_jobs=n_jobs, progress=tick)
+    common = dict(repeats=exp.repeats, seed=exp.seed, train_samples=exp.samples(d.k),
+                  test_samples=exp.samples(d.k), n_jobs=n_jobs, progress=tick)
     options = attack_options(exp)
     attack = audit.floor_advantage if floor else audit.attack_advantage
     runs = {"paper": dict(options)}
     if "strong" in bench.attacks:
         runs["strong"] = {**options, "classifiers": audit.STRONG_CLASSIFIERS}
         runs["sorted"] = {**options, "features": "sorted"}
-    return {name: attack(row_logits, retrained, labels, exp.forget, **common, **kw).to_json()
+    return {name: attack(row_logits, retrained, d.labels, exp.forget, **common, **kw).to_json()
             for name, kw in runs.items()}
 
 
@@ -180,7 +173,7 @@ def audit_row(bench: Bench, row: Unlearned | None, refs: Mapping[str, Any], d: _
     exp = bench.experiment
     retrained = refs["notseen"]
     first = row if row is not None else refs["notseen2"]
-    out: dict[str, Any] = {"attacks": _attacks(bench, first.logits, retrained.logits, d.labels,
+    out: dict[str, Any] = {"attacks": _attacks(bench, first.logits, retrained.logits, d,
                                                row is None, n_jobs, tick)}
     out["accuracy"] = audit.retained_accuracy_loss(first.logits, d.labels, d.k, exp.forget).summary()
     out["forgotten_accuracy"] = (None if row is None or np.isnan(row.forgotten).all()

@@ -48,7 +48,7 @@ def _read_info(path: Path) -> dict:
 
 
 class ChunkStore:
-    """The chunks of one method's unlearned population (or the arrays of one reference population)."""
+    """The chunks of one method's unlearned population."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
