@@ -141,3 +141,69 @@ def test_dict_batches_without_labels_are_refused(setup):
     unlabeled = [{k: v for k, v in d.items() if k != "labels"} for d in data]
     with pytest.raises(linfilt.LinfiltError, match="a dict batch needs its labels under 'labels'"):
         linfilt.unlearn(model, [1], DataLoader(unlabeled, batch_size=32))
+
+
+def _hf_dataset(data, kind):
+    """The samples as a `datasets.Dataset` with a 'label' column and two columns the model does not
+    take (a text and an index), which must be left out."""
+    datasets = pytest.importorskip("datasets")
+    columns = {k: [d[k].numpy() for d in data] for k in data[0] if k != "labels"}
+    return datasets.Dataset.from_dict({**columns, "label": [int(d["labels"]) for d in data],
+                                       "text": [f"sample {i}" for i in range(len(data))],
+                                       "idx": list(range(len(data)))})
+
+
+def test_a_datasets_dataset_gives_the_dataloaders_model(setup):
+    kind, model, data, loader = setup
+    want = linfilt.unlearn(model, [1], loader)
+    got = linfilt.unlearn(model, [1], _hf_dataset(data, kind), batch_size=32)
+    torch.testing.assert_close(got.classifier.weight, want.classifier.weight, rtol=1e-6, atol=1e-7)
+    assert got.config.id2label == want.config.id2label and linfilt.classes_of(got) == (0, 2, 3, 4)
+
+
+@pytest.fixture(scope="module")
+def bert():
+    data = _samples("bert")
+    return _model("bert"), DataLoader(data, batch_size=32)
+
+
+def test_datasets_that_cannot_be_used_are_refused(bert):
+    model, _ = bert
+    datasets = pytest.importorskip("datasets")
+    ragged = datasets.Dataset.from_dict({"input_ids": [[1, 2, 3], [1, 2]] * 5, "labels": list(range(5)) * 2})
+    with pytest.raises(linfilt.LinfiltError, match="pad them to one length"):
+        linfilt.unlearn(model, [1], ragged)
+    unlabeled = datasets.Dataset.from_dict({"input_ids": [[1, 2, 3]] * 4})
+    with pytest.raises(linfilt.LinfiltError, match="'labels' or 'label' column"):
+        linfilt.unlearn(model, [1], unlabeled)
+    foreign = datasets.Dataset.from_dict({"words": [[1, 2]] * 4, "label": [0, 1, 2, 3]})
+    with pytest.raises(linfilt.LinfiltError, match="none of the dataset's columns .* is a named input"):
+        linfilt.unlearn(model, [1], foreign)
+
+
+def test_text_classification_pipeline_names_the_new_labels(bert, tmp_path):
+    """pipeline("text-classification") on the unlearned model (and on its saved directory) gives the
+    label names of the classes its outputs now are, never the forgotten one's, with their scores."""
+    model, loader = bert
+    # A word-level vocabulary laid out as the model was trained: [CLS] = 1, class words 2..6, noise 10..39.
+    vocab = ["[PAD]", "[CLS]", *[f"c{j}" for j in range(K)], "[SEP]", "[UNK]", "[MASK]", "x",
+             *[f"w{i}" for i in range(10, 40)]]
+    (tmp_path / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    tokenizer = transformers.BertTokenizerFast(vocab_file=str(tmp_path / "vocab.txt"), do_lower_case=False)
+    rng = np.random.default_rng(5)
+    texts = [" ".join([f"c{j}", *(f"w{i}" for i in rng.integers(10, 40, 5))]) for j in rng.integers(0, K, 40)]
+    new = linfilt.unlearn(model, [1], loader)
+    with torch.no_grad():
+        probs = torch.softmax(new(**tokenizer(texts, return_tensors="pt")).logits.double(), dim=1).numpy()
+    names = [NAMES[c] for c in linfilt.classes_of(new)]  # the name of each new output's class
+
+    def check(classify):
+        for p, result in zip(probs, classify(texts, top_k=None)):
+            assert sorted(r["label"] for r in result) == sorted(names)  # every label but "bee"
+            got = {r["label"]: r["score"] for r in result}
+            np.testing.assert_allclose([got[n] for n in names], p, rtol=1e-5, atol=1e-6)
+
+    check(transformers.pipeline("text-classification", model=new, tokenizer=tokenizer, device="cpu"))
+    new.save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    check(transformers.pipeline("text-classification", model=str(tmp_path / "model"), device="cpu"))

@@ -6,6 +6,8 @@ runs without it; `pip install linfilt[hf]` installs it.
 
 - A model may return a `ModelOutput` (its `.logits` are used) or a tuple (its first element, as
   with `return_dict=False`); `unlearn` still checks that these are the head's own outputs.
+- Data may be a `datasets.Dataset` (its label column and the columns the model's forward takes,
+  as tensors).
 - A batch may be a dict of model inputs (`input_ids`, `attention_mask`, `pixel_values`, ...) with
   the labels under "labels" (or "label"); the rest is passed as `model(**inputs)`.
 - After unlearning, `config.id2label`, `label2id` and `num_labels` describe the new outputs and
@@ -18,6 +20,7 @@ runs without it; `pip install linfilt[hf]` installs it.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import os
 import shutil
 from collections.abc import Iterator, Mapping, Sequence
@@ -25,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.utils.data import DataLoader, default_collate
 
 from linfilt.errors import LinfiltError
 from linfilt.filtration import RECORD_ATTR, FiltrationRecord, FiltrationStep, utc_now
@@ -51,6 +55,39 @@ def split_batch(batch: Mapping) -> tuple[dict[str, Any], Any]:
     """(model inputs, labels) of a dict batch; None labels when it has none."""
     key = next((k for k in LABEL_KEYS if k in batch), None)
     return {k: v for k, v in batch.items() if k != key}, None if key is None else batch[key]
+
+
+def is_hf_dataset(data: Any) -> bool:
+    """A Hugging Face `datasets.Dataset` (told by its API: the library is not imported here)."""
+    return hasattr(data, "with_format") and hasattr(data, "column_names") and hasattr(data, "features")
+
+
+def hf_dataset_loader(data: Any, model: Any, batch_size: int) -> DataLoader:
+    """A DataLoader of dict batches over a `datasets.Dataset`: its label column and the columns the
+    model's forward takes (so a "text" or "idx" column is left out, as transformers' Trainer does),
+    as tensors. Samples must have equal lengths (tokenize with padding), else a DataLoader with a
+    padding collator is the way."""
+    columns = list(data.column_names)
+    label = next((k for k in LABEL_KEYS if k in columns), None)
+    if label is None:
+        raise LinfiltError(f"the dataset needs its labels in a 'labels' or 'label' column (its columns: {columns})")
+    params = [name for name, p in inspect.signature(model.forward).parameters.items()
+              if p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)]
+    inputs = [c for c in columns if c != label and c in params]
+    if not inputs:
+        raise LinfiltError(f"none of the dataset's columns {columns} is a named input of the model's "
+                           f"forward ({params}); rename the input columns")
+
+    def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
+        try:
+            return default_collate(samples)
+        except RuntimeError as exc:
+            raise LinfiltError(f"the dataset's samples cannot be batched ({str(exc).splitlines()[0]}): pad "
+                               "them to one length when tokenizing, or pass a DataLoader with a padding "
+                               "collate_fn (e.g. transformers.DataCollatorWithPadding)") from None
+
+    return DataLoader(data.with_format("torch", columns=[*inputs, label]), batch_size=batch_size,
+                      collate_fn=collate)
 
 
 def config_of(model: Any) -> Any:

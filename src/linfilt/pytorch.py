@@ -42,8 +42,8 @@ from linfilt.errors import LinfiltError
 from linfilt.filtration import (RECORD_ATTR, Filtration, FiltrationRecord, FiltrationStep, absorb,
                                 check_class_counts, check_forget, check_method_rng, compute_filtration,
                                 mean_logits, projection, select_per_class)
-from linfilt.hf import (config_classes, config_of, describe_outputs, model_logits, split_batch, store_steps,
-                        stored_record)
+from linfilt.hf import (config_classes, config_of, describe_outputs, hf_dataset_loader, is_hf_dataset, model_logits,
+                        split_batch, store_steps, stored_record)
 from linfilt.validation import check_bool, check_class_ids, check_labels, check_optional_positive_int, check_positive_int
 
 # The record's step under the name it had here before one record served every layer.
@@ -503,10 +503,13 @@ def _from_data(model: nn.Module, head: str | nn.Module | None, outputs_of: _Make
     runner = _Runner(model, head)
     if isinstance(data, (tuple, list)) and len(data) == 2:
         return _pair(runner, outputs_of, data, batch_size, progress)
+    if is_hf_dataset(data):
+        data = hf_dataset_loader(data, model, batch_size)
     if isinstance(data, (DataLoader, Dataset)):
         return _stream(runner, outputs_of, data, per_class, rng, batch_size, progress)
     raise LinfiltError(
-        "data must be a DataLoader, a Dataset of (input, label) pairs or an (x, y) pair; "
+        "data must be a DataLoader, a Dataset of (input, label) pairs or of dicts, a datasets.Dataset, or an "
+        "(x, y) pair; "
         "for precomputed logits pass logits= and labels= instead"
     )
 
@@ -574,6 +577,14 @@ def _replace(model: nn.Module, head: nn.Linear, new: nn.Linear) -> nn.Module:
     return model
 
 
+def _count_outputs(model: nn.Module, before: int, after: int) -> None:
+    """timm models (and others of its convention) keep their output count in `num_classes`, read by
+    `reset_classifier` and by users: keep it the new head's, when it was the old head's."""
+    count = getattr(model, "num_classes", None)
+    if type(count) is int and count == before:
+        model.num_classes = after
+
+
 def unlearn(
     model: nn.Module,
     forget: int | Iterable[int],
@@ -593,7 +604,8 @@ def unlearn(
     """A copy of `model` with the classes `forget` unlearned by linear filtration; `model` is untouched.
 
     data: a DataLoader or Dataset of (input, label) batches or of dicts of model inputs with
-    'labels' (transformers), or an (x, y) pair of tensors/arrays; or pass precomputed `logits=`
+    'labels' (transformers), a `datasets.Dataset` (see `linfilt.hf.hf_dataset_loader`), or an
+    (x, y) pair of tensors/arrays; or pass precomputed `logits=`
     (n, k) of this model's head with `labels=` instead. method="naive" needs neither (its F only
     drops outputs). Inputs run in eval mode without gradients (each module's train/eval mode is
     restored after). per_class=s uses the first s samples of each class in the data's order, or
@@ -663,6 +675,7 @@ def unlearn(
     if record.classes != tuple(range(new_head.out_features)):  # else output i is class i: no buffer,
         set_classes(new_model, new_head, record.classes)  # so keep_outputs' state_dict is the original's
     describe_outputs(new_model, rows.tolist(), record.classes)
+    _count_outputs(new_model, outputs.width, new_head.out_features)
     store_steps(new_model, record)
     setattr(new_model, RECORD_ATTR, record)
     return new_model
