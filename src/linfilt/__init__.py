@@ -21,11 +21,16 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name: str):
-    # `unlearn` needs torch: imported on first use, so numpy-only users don't pay torch's import.
+    # `unlearn` and the weights files need torch: imported on first use, so numpy-only users don't pay
+    # torch's import.
     if name in ("unlearn", "classes_of", "predict_ids", "load_unlearned"):
         import linfilt.pytorch
 
         return getattr(linfilt.pytorch, name)
+    if name in ("save_weights", "load_weights"):
+        import linfilt.modelio
+
+        return getattr(linfilt.modelio, name)
     raise AttributeError(f"module 'linfilt' has no attribute {name!r}")
 
 __all__ = [
@@ -39,6 +44,8 @@ __all__ = [
     "classes_of",
     "predict_ids",
     "load_unlearned",
+    "save_weights",
+    "load_weights",
     "FiltrationRecord",
     "FiltrationStep",
     "LinfiltError",

@@ -15,6 +15,13 @@ bytes of JSON), and everything in it is checked on load: the whole spec (class i
 settings of the architecture, history), the tensors' names and shapes against the architecture,
 and that every weight is finite. Messages show at most a short excerpt (`reprlib`) of what the
 file holds, since a tampered file can hold anything.
+
+A model of any other architecture (a user's own nn.Module) is saved with `save_weights(path,
+model)` and loaded with `load_weights(path, model)` into an instance the user builds (also
+`linfilt.save_weights` / `linfilt.load_weights`): one safetensors file with the model's whole
+state_dict (the head's class-id buffer included) and, as JSON under RECORD_KEY, its filtration
+record (`FiltrationRecord`: class ids and every step; null for a model never filtered), read with
+the same structure check, never unpickled. A safetensors file without that key is refused.
 """
 from __future__ import annotations
 
@@ -40,7 +47,8 @@ from linfilt import plugins
 from linfilt.atomic import write_bytes
 from linfilt.errors import LinfiltError, ModelFormatError
 from linfilt.filtration import RECORD_ATTR, FiltrationRecord, FiltrationStep, utc_now
-from linfilt.pytorch import CLASSES_BUFFER, set_classes
+from linfilt.hf import config_of
+from linfilt.pytorch import CLASSES_BUFFER, load_unlearned, set_classes
 from linfilt.validation import check_id_list, check_name_list, is_int
 
 FORMAT_NAME = "linfilt-model"
@@ -424,3 +432,178 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise ModelFormatError(f"{path} holds a {type(obj).__name__}, not a state dict "
                                "(a mapping of parameter names to tensors)")
     return dict(obj)
+
+
+# --- Any architecture: the user's own module, its whole state_dict and its filtration record ---
+
+# Key of the filtration record (JSON) in a save_weights file's metadata; a model file's is SPEC_KEY.
+RECORD_KEY = "linfilt.record"
+RECORD_FORMAT = "linfilt-record"
+RECORD_VERSION = 1
+# Every key FiltrationStep.to_json writes: a weights file holds each step whole.
+_STEP_FIELDS = _REQUIRED | _OPTIONAL[2]
+# Excerpts of what a file made torch or linfilt say (a tampered file can hold anything).
+_EXCERPT = reprlib.Repr()
+_EXCERPT.maxstring = 300
+
+
+def _check_module(model: Any) -> None:
+    """A torch module that is not a transformers model (whose config carries its ids and steps)."""
+    if not isinstance(model, nn.Module):
+        raise LinfiltError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if config_of(model) is not None:
+        raise LinfiltError("this is a transformers model: its config must describe its head too, so save it "
+                           "with model.save_pretrained(folder) (the config keeps linfilt's class ids and steps) "
+                           "and load it with from_pretrained")
+
+
+def _check_record(record: FiltrationRecord, tensors: Mapping[str, torch.Tensor]) -> None:
+    """The record fits the weights: each class listed once and forgotten at most once, and after a
+    filtration the last step's head holds the record's classes (its class-id buffer where it has
+    one, else its output positions, as linfilt.unlearn leaves them)."""
+    for what, ids in (("lists", record.classes), ("forgets", record.forgotten)):
+        repeated = sorted(c for c, n in Counter(ids).items() if n > 1)
+        if repeated:
+            raise LinfiltError(f"the filtration record {what} classes {reprlib.repr(repeated)} more than once")
+    if not record.steps:
+        return
+    head = record.steps[-1].head
+    if head is None:
+        raise LinfiltError("the filtration record's last step names no head (the filtered nn.Linear)")
+    prefix = f"{head}." if head else ""
+    weight = tensors.get(f"{prefix}weight")
+    if weight is None or weight.dim() != 2:
+        raise LinfiltError(f"the filtration record's head {reprlib.repr(head)} has no 2-D weight in the state dict")
+    if len(record.classes) != weight.shape[0]:
+        raise LinfiltError(f"the filtration record lists {len(record.classes)} classes but its head "
+                           f"{reprlib.repr(head)} has {weight.shape[0]} outputs")
+    buffer = tensors.get(prefix + CLASSES_BUFFER)
+    if buffer is not None and (buffer.dim() != 1 or buffer.is_floating_point()):
+        raise LinfiltError(f"the class-id buffer of head {reprlib.repr(head)} must hold one integer per "
+                           f"output, it is {buffer.dtype} of shape {tuple(buffer.shape)}")
+    ids = tuple(range(weight.shape[0])) if buffer is None else tuple(buffer.tolist())
+    if record.classes != ids:
+        raise LinfiltError(f"the filtration record's classes {reprlib.repr(list(record.classes))} are not "
+                           f"those of its head {reprlib.repr(head)}, {reprlib.repr(list(ids))}")
+
+
+def _record_json(record: FiltrationRecord | None) -> str:
+    body = None if record is None else {"classes": list(record.classes),
+                                        "steps": [step.to_json() for step in record.steps]}
+    return json.dumps({"format": RECORD_FORMAT, "version": RECORD_VERSION, "record": body},
+                      sort_keys=True, allow_nan=False)
+
+
+def _parse_record(text: str) -> FiltrationRecord | None:
+    """The record of a weights file's metadata (None: the model was saved unfiltered), validated
+    field by field; ModelFormatError says what is wrong."""
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ModelFormatError(f"the filtration record is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise ModelFormatError("the filtration record is nested too deeply to be one") from None
+    if not isinstance(obj, dict):
+        raise ModelFormatError(f"the filtration record must be a JSON object, not {type(obj).__name__}")
+    if obj.get("format") != RECORD_FORMAT:
+        raise ModelFormatError(f"the record's format is {reprlib.repr(obj.get('format'))}, not {RECORD_FORMAT!r}")
+    if obj.get("version") != RECORD_VERSION or not is_int(obj.get("version")):
+        raise ModelFormatError(f"record version {reprlib.repr(obj.get('version'))} is not supported (this "
+                               f"linfilt reads {RECORD_VERSION}); upgrade linfilt to read it")
+    _check_fields(obj, {"format", "version", "record"}, {"format", "version", "record"}, "record file")
+    body = obj["record"]
+    if body is None:
+        return None
+    if not isinstance(body, dict):
+        raise ModelFormatError(f"the record must be an object or null, got {reprlib.repr(body)}")
+    _check_fields(body, {"classes", "steps"}, {"classes", "steps"}, "record")
+    if not isinstance(body["steps"], list):
+        raise ModelFormatError(f"the record's steps must be a list, got {reprlib.repr(body['steps'])}")
+    steps = []
+    for i, step in enumerate(body["steps"], 1):
+        with _format_errors(f"step {i}: "):
+            if not isinstance(step, dict):
+                raise ModelFormatError(f"must be an object, got {reprlib.repr(step)}")
+            _check_fields(step, _STEP_FIELDS, _STEP_FIELDS, "step")
+            steps.append(FiltrationStep(**step))
+    with _format_errors("the record's classes: "):
+        classes = check_id_list(body["classes"], "class id")
+    return FiltrationRecord(classes, tuple(steps))
+
+
+def save_weights(path: str | os.PathLike, model: nn.Module) -> None:
+    """Write `model`, of any architecture, to one safetensors file, atomically: its whole
+    state_dict (CPU copies, dtypes kept; the head's class-id buffer where linfilt.unlearn left
+    one) and the filtration record linfilt.unlearn left on it (classes and steps; null for a model
+    that carries none, whose outputs are its positions). `load_weights` reads it back into an
+    instance of the architecture. Weights with NaN or infinite values are refused, and a record
+    that does not fit the weights; then nothing is written.
+    """
+    path = _file_path(path)
+    _check_module(model)
+    record = getattr(model, RECORD_ATTR, None)
+    if record is not None and not isinstance(record, FiltrationRecord):
+        raise LinfiltError(f"the model's {RECORD_ATTR} is a {type(record).__name__}, not the FiltrationRecord "
+                           "linfilt.unlearn leaves; delete it to save the model unfiltered")
+    state = model.state_dict()
+    extra = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
+    if extra:
+        raise LinfiltError(f"the model's state {reprlib.repr(extra)} is not a tensor (get_extra_state); a "
+                           "safetensors file holds tensors only")
+    # a copy of each: safetensors refuses tensors that share memory (tied weights)
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
+    if record is not None:
+        try:
+            _check_record(record, tensors)
+        except LinfiltError as exc:
+            raise LinfiltError(f"cannot save this model: {exc}; was it changed after linfilt.unlearn?") from None
+    bad = _non_finite(tensors)
+    if bad:
+        raise LinfiltError(f"cannot save this model: its {bad}, so it was not written (a diverged "
+                           "training, or a filtration of an ill-conditioned A?)")
+    write_bytes(path, safetensors.torch.save(tensors, metadata={RECORD_KEY: _record_json(record)}))
+
+
+def load_weights(path: str | os.PathLike, model: nn.Module) -> nn.Module:
+    """Load a `save_weights` file into `model`, an instance of the saved architecture (with the
+    original head or the filtered one), and return it in eval mode with its filtration record,
+    so `linfilt.classes_of`, `linfilt.predict_ids` and a later `linfilt.unlearn` (original class
+    ids; samples of classes forgotten earlier skipped) work as on the saved model.
+
+    The file is checked whole before the model is touched (its structure, never unpickled; the
+    record, field by field, against the weights; finite weights). Loading is strict, as
+    `linfilt.load_unlearned` does it: the filtered head is resized, and the instance's dtypes and
+    device are kept, as torch's load_state_dict keeps them. Use the returned module (a bare
+    nn.Linear is replaced, not resized); on a ModelFormatError from the load itself the instance
+    may be partly loaded.
+    """
+    path = _file_path(path)
+    _check_module(model)
+    meta, tensors = _read_safetensors(path)
+    if RECORD_KEY not in meta:
+        if SPEC_KEY in meta:
+            raise ModelFormatError(f"{path} is a linfilt model file (save_model), which rebuilds its own "
+                                   "architecture: load it with linfilt.modelio.load_model")
+        raise ModelFormatError(f"{path} is a safetensors file without a linfilt filtration record (no "
+                               f"{RECORD_KEY!r} in its metadata), so it was not written by save_weights; load "
+                               "plain weights with model.load_state_dict(safetensors.torch.load_file(path))")
+    try:
+        record = _parse_record(meta[RECORD_KEY])
+        if record is not None:
+            _check_record(record, tensors)
+    except LinfiltError as exc:
+        raise ModelFormatError(f"{path}: {exc}") from None
+    bad = _non_finite(tensors)
+    if bad:
+        raise ModelFormatError(f"{path}: {bad}; the file is corrupt (linfilt never saves such a model)")
+    try:
+        model = load_unlearned(model, tensors)
+    except (LinfiltError, RuntimeError) as exc:  # RuntimeError: torch's strict load_state_dict
+        raise ModelFormatError(f"{path}: its weights do not fit this model ({_EXCERPT.repr(str(exc))}); load "
+                               "it into an instance of the architecture it was saved from") from None
+    if record is None:
+        with contextlib.suppress(AttributeError):  # a stale record of the instance would misname outputs
+            delattr(model, RECORD_ATTR)
+    else:
+        setattr(model, RECORD_ATTR, record)
+    return model.eval()

@@ -672,8 +672,10 @@ def unlearn(
     record = live.then(filt, per_class=per_class, samples=samples, rng=rng, head=outputs.head_name)
     if keep_outputs:  # every output stays, under its id; the step lists what was masked
         record = FiltrationRecord(outputs.record.classes, record.steps)
-    if record.classes != tuple(range(new_head.out_features)):  # else output i is class i: no buffer,
-        set_classes(new_model, new_head, record.classes)  # so keep_outputs' state_dict is the original's
+    # A smaller head always gets the buffer (load_unlearned resizes by it); keep_outputs' k outputs
+    # under their own ids need none, so its state_dict is the original architecture's.
+    if record.classes != tuple(range(outputs.width)):
+        set_classes(new_model, new_head, record.classes)
     describe_outputs(new_model, rows.tolist(), record.classes)
     _count_outputs(new_model, outputs.width, new_head.out_features)
     store_steps(new_model, record)
