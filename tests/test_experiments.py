@@ -74,11 +74,30 @@ def test_experiments_come_from_the_settings_and_round_trip_through_json():
     # the digest is of every field but the note, with the runner version: the stored runs' keys
     exp = spec.EXPERIMENTS["mnist"].scaled(models=20, repeats=3)
     key = {**dataclasses.asdict(exp), "runner": spec.RUNNER_VERSION}
-    del key["note"], key["protocol"]  # the default protocol is left out of the key
+    del key["note"], key["protocol"], key["keep_outputs"]  # defaults are left out of the key
     assert exp.digest() == hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     assert exp.digest() == "11f951a797d59fdf"  # the folder of a run made before Experiment.to_json
+    kept = dataclasses.replace(exp, keep_outputs=True)
+    assert kept.digest() == hashlib.sha256(json.dumps({**key, "keep_outputs": True}, sort_keys=True)
+                                           .encode()).hexdigest()[:16]
+    assert spec.Experiment.from_json(json.loads(json.dumps(kept.to_json()))) == kept
     with pytest.raises(LinfiltError, match="not an experiment.*epochz"):
         spec.Experiment.from_json({**exp.to_json(), "epochz": 3})
+
+
+def test_only_an_artefact_showing_the_kept_outputs_row_audits_it():
+    """Table 1 (MNIST) shows the keep_outputs row: its experiment audits it, under a digest of its
+    own; Tables 7, 8, the fidelity study and every other experiment keep their digests, and so
+    their stored results."""
+    full = rep.experiments_for(["table1", "table7", "table8"], None, None, None)
+    assert full["mnist"] == dataclasses.replace(spec.EXPERIMENTS["mnist"], keep_outputs=True)
+    assert full["mnist"].rows() == [*settings.METHODS, spec.KEPT_OUTPUTS]
+    assert rep.experiments_for(["table7", "table8"], None, None, None)["mnist"].digest() == "95f6b3f7171f47e5"
+    assert full["mnist"].digest() != "95f6b3f7171f47e5"
+    every = rep.experiments_for(rep.resolve(["all"]), 20, 2, 3)
+    assert [n for n, e in every.items() if e.keep_outputs] == ["mnist"]
+    assert all(e == spec.EXPERIMENTS[n].scaled(20, 2, 3) for n, e in every.items() if n != "mnist")
+    assert spec.ARTIFACTS["table7"].rows == settings.METHODS  # Table 7 does not show it
 
 
 def test_scaling_validates_and_changes_the_digest():
@@ -106,6 +125,7 @@ def test_reproduce_mnist_end_to_end_fills_every_cell(tmp_path, monkeypatch):
     assert "nan" not in text.lower()
     rows = [line for line in text.splitlines() if line.startswith("| ") and "---" not in line]
     assert any(r.startswith("| retrain vs retrain (floor) |") for r in rows)
+    assert sum(r.startswith("| normalization, k outputs kept (vs retrained with k outputs) |") for r in rows) == 2
     advantage_rows = [r for r in rows if re.match(r"\| (naive|normalization|randomization|zeroing) \| \S", r)
                       and "accuracy" not in r]
     assert len(advantage_rows) >= 2 * (2 + 4)  # tables 1 and 7, both groups
@@ -116,7 +136,7 @@ def test_reproduce_mnist_end_to_end_fills_every_cell(tmp_path, monkeypatch):
     acc = [r for r in rows if re.match(r"\| [^|]+ \| \d+\.\d ± ", r)]
     assert len(acc) == 7
     # The stored attacks are the audit's functions on the stored population logits.
-    exp = small.scaled(models=4, epochs=1, repeats=2)
+    exp = dataclasses.replace(small.scaled(models=4, epochs=1, repeats=2), keep_outputs=True)  # Table 1's
     metrics = json.loads((result_dir(exp, tmp_path, "cpu") / "metrics.json").read_text())
     assert ExperimentResult.from_json(metrics).to_json() == metrics  # read back, nothing lost
     pops = run_dir(exp.population("cpu"), tmp_path, "mnist")

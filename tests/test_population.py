@@ -16,7 +16,7 @@ from linfilt.errors import CorruptFileError, LinfiltError
 from linfilt.paper.population import (PopulationConfig, fit, init_model, model_seeds, predict_logits,
                                 run_dir, train_populations)
 
-ALL = ("seen", "notseen", "transfer")
+ALL = ("seen", "notseen", "transfer", "dropin")
 
 
 
@@ -56,7 +56,7 @@ def test_strategies_agree_on_every_population(arch, tmp_path):
         results[strategy] = train_populations(cfg, ALL, data=data, out=tmp_path, progress=False)
     for population in ALL:
         ref = results["loop"][population]
-        assert ref.shape == (2, 12, 4 if population == "seen" else 3)
+        assert ref.shape == (2, 12, 4 if population in ("seen", "dropin") else 3)
         assert not np.allclose(ref[0], ref[1])  # the two models differ
         scale = np.abs(ref).max()
         for strategy in ("grouped", "vmap"):
@@ -65,19 +65,34 @@ def test_strategies_agree_on_every_population(arch, tmp_path):
 
 
 def test_population_model_is_fit_from_its_seeds(digits, tmp_path):
-    """Model j = `fit` of the model initialised from its seed, on the population's data."""
+    """Model j = `fit` of the model initialised from its seed, on the population's data; a dropin
+    model has all 10 outputs but learns from the retained images only, under their own labels."""
+    from linfilt.modelio import load_model
+
     cfg = PopulationConfig.protocol("digits", [3], models=3, epochs=2, strategy="loop")
-    out = train_populations(cfg, ("seen", "notseen"), data=digits, out=tmp_path, chunk_size=2,
-                            progress=False)
+    out = train_populations(cfg, ("seen", "notseen", "dropin"), data=digits, out=tmp_path, chunk_size=2,
+                            save_models=True, progress=False)
     x, y, xt = to_float(digits.x_train), digits.y_train, to_float(digits.x_test)
     keep = y != 3
     y_kept = np.where(y[keep] > 3, y[keep] - 1, y[keep])  # labels of the 9 retained classes
     for j in (0, 2):
-        for population, xs, ys, k in (("seen", x, y, 10), ("notseen", x[keep], y_kept, 9)):
+        for population, xs, ys, k in (("seen", x, y, 10), ("notseen", x[keep], y_kept, 9),
+                                      ("dropin", x[keep], y[keep], 10)):
             init_seed, order_seed = model_seeds(cfg.seed, population, j)
             model = init_model("mlp", cfg.arch_kwargs, k, init_seed)
             fit(model, xs, ys, cfg.epochs, cfg.batch_size, seed=order_seed)
             np.testing.assert_array_equal(out[population][j], predict_logits(model, xt))
+    spec = load_model(run_dir(cfg, tmp_path) / "models" / "dropin" / "00000.safetensors")[1]
+    assert spec.class_ids == tuple(range(10)) and spec.class_names == tuple(digits.classes)
+
+
+def test_a_new_population_leaves_the_others_seeds_and_digests_as_they_were():
+    # values from before the dropin population existed (the stored full-scale MNIST populations)
+    assert PopulationConfig.protocol("mnist", 0).digest() == "8edf08688ed81bfe"
+    before = {("seen", 0): (4088532484, 613525653), ("seen", 7): (257164808, 1408005640),
+              ("notseen", 0): (3953331965, 2686814951), ("notseen", 7): (2337425422, 4245156738),
+              ("transfer", 0): (1961512366, 4143158044), ("transfer", 7): (210603915, 2758748450)}
+    assert {key: model_seeds(0, *key) for key in before} == before
 
 
 def test_same_config_same_logits_whatever_the_chunks(digits, tmp_path):
@@ -98,7 +113,7 @@ def test_same_config_same_logits_whatever_the_chunks(digits, tmp_path):
                                    atol=1e-6 * np.abs(b[population]).max())
     # seeds: distinct per model and per population
     seeds = {model_seeds(0, p, j) for p in ALL for j in range(50)}
-    assert len(seeds) == 150
+    assert len(seeds) == 50 * len(ALL)
 
 
 def test_changed_setting_never_reads_a_stale_result(digits, tmp_path):
@@ -236,8 +251,8 @@ def test_cli_train_stores_what_the_api_returns(digits, tmp_path, capsys, monkeyp
     expected = train_populations(cfg, ("seen", "notseen"), data=digits, out=tmp_path / "api",
                                  progress=False)
     root = run_dir(cfg, tmp_path)
-    for population in ("seen", "notseen"):
-        np.testing.assert_array_equal(np.load(root / "logits" / f"{population}.npy"), expected[population])
+    for name in ("seen", "notseen"):
+        np.testing.assert_array_equal(np.load(root / "logits" / f"{name}.npy"), expected[name])
     printed = capsys.readouterr().out
     acc = (expected["seen"].argmax(2) == digits.y_test).mean(1)
     assert f"{100 * acc.mean():.2f} ± {100 * acc.std():.2f} %" in printed

@@ -1,11 +1,13 @@
 """Populations of models: M models of one architecture trained with the paper's recipe, kept as
 their test-set logits (M, n_test, classes).
 
-Three populations per configuration: *seen* (all k classes), *notseen* (trained without the
-forgotten classes C, k - |C| outputs) and *transfer* (a seen model's layers frozen, a new head
-with k - |C| outputs trained without C). Model j of a population starts from (config seed,
-population, j) alone, so it is the same model whichever strategy batches the training, up to float
-rounding.
+Four populations per configuration: *seen* (all k classes), *notseen* (trained without the
+forgotten classes C, k - |C| outputs), *transfer* (a seen model's layers frozen, a new head
+with k - |C| outputs trained without C) and *dropin* (trained without C but with all k outputs,
+the retained images keeping their original labels: the reference for a drop-in unlearned model,
+`linfilt.unlearn(..., keep_outputs=True)`; a forgotten output is never a target, so its logit is
+learnt low but finite). Model j of a population starts from (config seed, population, j) alone,
+so it is the same model whichever strategy batches the training, up to float rounding.
 
 That rounding depends on the chunk with a batched strategy: on a CPU, PyTorch's fused Adam runs
 the elements of a stacked parameter that do not fill a last SIMD vector through scalar code that
@@ -72,7 +74,8 @@ __all__ = ["fit", "predict_logits", "PopulationConfig", "PROTOCOL", "POPULATIONS
            "model_seeds", "init_model", "train_models", "run_dir", "results_dir", "train_populations",
            "train_population", "trained_models"]
 
-POPULATIONS = ("seen", "notseen", "transfer")
+# Model seeds come from a population's index here: a new population goes at the end.
+POPULATIONS = ("seen", "notseen", "transfer", "dropin")
 STRATEGIES = ("loop", "grouped", "vmap")
 # Bump when a change to the engine changes what a config trains: old results then stop matching.
 ENGINE_VERSION = 1
@@ -369,13 +372,26 @@ class TrainingData:
         check_labels(self.y, k)
 
     @functools.cached_property
+    def retained_data(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The training images of the retained classes, with their original labels."""
+        keep = torch.isin(self.y, torch.as_tensor(self.kept, device=self.y.device))
+        return self.x[keep], self.y[keep]
+
+    @functools.cached_property
     def kept_data(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The training images of the retained classes, labelled 0..k-|C|-1 in `kept` order."""
         new_label = torch.full((len(self.classes),), -1, dtype=torch.int64, device=self.y.device)
         new_label[torch.as_tensor(self.kept, device=self.y.device)] = torch.arange(
             len(self.kept), device=self.y.device)
-        keep = new_label[self.y] >= 0
-        return self.x[keep], new_label[self.y[keep]]
+        x, y = self.retained_data
+        return x, new_label[y]
+
+    def training_set(self, population: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """What `population`'s models learn from: every image (seen), the retained ones with
+        their original labels (dropin) or relabelled (notseen, transfer)."""
+        if population == "seen":
+            return self.x, self.y
+        return self.retained_data if population == "dropin" else self.kept_data
 
 
 def _ranges(indices: Sequence[int]) -> list[tuple[int, int]]:
@@ -510,12 +526,12 @@ def _train(cfg: PopulationConfig, d: TrainingData, population: str, indices: lis
            bodies: list[nn.Module] | None, checkpoint, on_step) -> list[nn.Module]:
     """Models `indices` of `population`, trained from their seeds (transfer: on `bodies`)."""
     seeds = [model_seeds(cfg.seed, population, j) for j in indices]
-    k = len(d.classes) if population == "seen" else len(d.kept)
+    k = len(_output_ids(d, population)[0])
     models = [init_model(cfg.arch, cfg.arch_kwargs, k, s[0]) for s in seeds]
     if bodies is not None:  # transfer: the seen model with this new head
         for model, body in zip(models, bodies):
             model.body = copy.deepcopy(body.body)
-    x, y = (d.x, d.y) if population == "seen" else d.kept_data
+    x, y = d.training_set(population)
     models = [m.to(x.device) for m in models]
     total_images = len(indices) * cfg.epochs * len(y)
     step = None if on_step is None else (
@@ -716,8 +732,7 @@ def train_populations(cfg: PopulationConfig, populations: Sequence[str] = ("seen
     d = TrainingData(data, cfg.forget, "cpu" if on_ray else cfg.device)
     root = run_dir(cfg, out, experiment)
     k = len(d.classes)
-    shape = {"seen": (len(d.y_test), k), "notseen": (len(d.y_test), len(d.kept)),
-             "transfer": (len(d.y_test), len(d.kept))}
+    shape = {p: (len(d.y_test), len(_output_ids(d, p)[0])) for p in POPULATIONS}
     store = _Store(results_dir(cfg, out, experiment, chunk_size), cfg, shape, chunk_size)
     with cluster.session(on_ray):
         _check_config(root / "config.json",
@@ -784,7 +799,7 @@ def trained_models(cfg: PopulationConfig, population: str = "seen", data: Any = 
 
 def _output_ids(d: TrainingData, population: str) -> tuple[tuple[int, ...], tuple[str, ...]]:
     """The original class ids and names of a population's outputs."""
-    ids = range(len(d.classes)) if population == "seen" else d.kept
+    ids = range(len(d.classes)) if population in ("seen", "dropin") else d.kept
     return tuple(int(i) for i in ids), tuple(d.classes[i] for i in ids)
 
 

@@ -16,7 +16,7 @@ from linfilt.paper.experiments import paper
 from linfilt.paper.experiments.fidelity import SAMPLINGS, FidelityResult
 from linfilt.paper.experiments.inversion import InversionResult, markdown
 from linfilt.paper.experiments.runner import ExperimentResult
-from linfilt.paper.experiments.spec import ARTIFACTS, Artifact, parse_method
+from linfilt.paper.experiments.spec import ARTIFACTS, KEPT_OUTPUTS, Artifact, parse_method
 
 CLASSIFIERS = ("NN", "RF", "AB")
 GROUPS = (("forgotten", "unlearned", "UNLEARNED"), ("retained", "remaining", "REMAINING"))
@@ -24,7 +24,8 @@ GROUPS = (("forgotten", "unlearned", "UNLEARNED"), ("retained", "remaining", "RE
 
 def _row_name(label: str) -> str:
     method, s = parse_method(label)
-    names = {"floor": "retrain vs retrain (floor)", "transfer": "transfer"}
+    names = {"floor": "retrain vs retrain (floor)", "transfer": "transfer",
+             KEPT_OUTPUTS: "normalization, k outputs kept (vs retrained with k outputs)"}
     return names.get(label, method) + (f", s = {s}" if s else "")
 
 
@@ -78,6 +79,18 @@ def difference_table(result: ExperimentResult, rows: list[str]) -> str:
                 lines.append(f"| {_row_name(row)} | {title.lower()} | "
                              + " | ".join(str(getattr(diff, group)[c]) for c in CLASSIFIERS) + " |")
     return "\n".join(lines)
+
+
+def kept_outputs_note(result: ExperimentResult) -> str:
+    """What the KEPT_OUTPUTS row compares, under the table."""
+    forgotten = ", ".join(result.classes[c] for c in result.experiment.forget)
+    return (f"\n*{_row_name(KEPT_OUTPUTS)}*: the normalization model as `linfilt.unlearn(..., "
+            f"keep_outputs=True)` returns it (k outputs, class {forgotten}'s output masked: its logit is "
+            f"float32's lowest finite value, {np.finfo(np.float32).min:.2g}, on every input), attacked "
+            "against models retrained from scratch without the class but with the same k outputs (the "
+            "retained images with their original labels; the forgotten output is never a target, so "
+            "its logit is learnt low but finite). Against retrained models masked the same way the row "
+            "would measure what normalization's does: masking both sides only adds a constant column.")
 
 
 def accuracy_table(result: ExperimentResult, rows: list[str], paper_rows: Mapping | None) -> str:
@@ -145,6 +158,7 @@ def _body(artifact: Artifact, name: str, result: ExperimentResult, figures_dir: 
     theirs = artifact.paper(result.experiment) if artifact.paper else None
     if artifact.layout == "advantage":
         return ([advantage_table(result, rows, theirs)]
+                + ([kept_outputs_note(result)] if KEPT_OUTPUTS in rows else [])
                 + ([difference_table(result, rows)] if artifact.differences else []))
     if artifact.layout == "accuracy":
         return ["", accuracy_table(result, rows, theirs)]

@@ -31,7 +31,7 @@ def _forget(text: str) -> tuple[int, ...]:
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
-        "train", help="train populations of models (seen / notseen / transfer), keep their test logits",
+        "train", help="train populations of models (seen / notseen / transfer / dropin), keep their test logits",
         description="Train M models of one architecture with the paper's settings (overridable) and "
                     "store their test-set logits under OUT/EXPERIMENT/<config hash>/. Interrupted runs "
                     "resume at the last finished epoch.")

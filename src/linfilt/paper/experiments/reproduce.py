@@ -2,6 +2,7 @@
 artefacts and write one `report.md` with our numbers, intervals and the paper's beside them."""
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Sequence
 
@@ -12,7 +13,7 @@ from linfilt.paper import cluster
 from linfilt.paper.experiments import fidelity, inversion
 from linfilt.paper.experiments.runner import (ExperimentResult, read_result, read_stored, result_dir,
                                               run_experiment, with_before_all)
-from linfilt.paper.experiments.spec import ARTIFACTS, EXPERIMENTS, Experiment, check_protocol
+from linfilt.paper.experiments.spec import ARTIFACTS, EXPERIMENTS, KEPT_OUTPUTS, Experiment, check_protocol
 from linfilt.paper.report import figures, render, render_fidelity, render_inversion
 from linfilt.paper.settings import FASTEST, FIDELITY
 from linfilt.paper.training import check_device
@@ -43,8 +44,14 @@ def resolve(names: Sequence[str]) -> list[str]:
 
 def experiments_for(artifacts: Sequence[str], models: int | None, epochs: int | None,
                     repeats: int | None, protocol: str = "ours") -> dict[str, Experiment]:
-    names = [n for a in artifacts if a in ARTIFACTS for n in ARTIFACTS[a].experiments]
-    return {n: EXPERIMENTS[n].scaled(models, epochs, repeats, protocol) for n in dict.fromkeys(names)}
+    """The experiments behind `artifacts` at this scale; one that an artefact shows the
+    KEPT_OUTPUTS row of audits it (and so has a digest of its own), the others do not."""
+    chosen = [ARTIFACTS[a] for a in artifacts if a in ARTIFACTS]
+    names = [n for a in chosen for n in a.experiments]
+    kept = {n for a in chosen if KEPT_OUTPUTS in (a.rows or ()) for n in a.experiments}
+    return {n: dataclasses.replace(EXPERIMENTS[n].scaled(models, epochs, repeats, protocol),
+                                   keep_outputs=EXPERIMENTS[n].keep_outputs or n in kept)
+            for n in dict.fromkeys(names)}
 
 
 def reproduce(artifacts: Sequence[str], out: str | Path = "runs", *, models: int | None = None,

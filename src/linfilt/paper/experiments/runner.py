@@ -28,7 +28,7 @@ from linfilt.atomic import write_json
 from linfilt.paper.data import load
 from linfilt.errors import CorruptFileError, LinfiltError
 from linfilt.paper import cluster
-from linfilt.paper.experiments.spec import Experiment, parse_method
+from linfilt.paper.experiments.spec import KEPT_OUTPUTS, Experiment, parse_method
 from linfilt.filtration import filtration_matrix, mean_logits, retained_classes
 from linfilt.paper.population import PopulationConfig, models_in, results_dir, run_dir, train_populations
 from linfilt.validation import check_optional_positive_int
@@ -49,14 +49,24 @@ def unlearn_population(seen: np.ndarray, labels: np.ndarray, forget: tuple[int, 
     return np.matmul(seen, F.transpose(0, 2, 1).astype(seen.dtype))
 
 
+def keep_outputs(filtered: np.ndarray, k: int, forget: tuple[int, ...]) -> np.ndarray:
+    """Filtered logits (M, n, k - |C|) -> (M, n, k), what `linfilt.unlearn(..., keep_outputs=True)`
+    gives: the retained outputs in place, each forgotten one masked (weight 0, bias float32's lowest
+    finite value, so that value on every input)."""
+    out = np.full(filtered.shape[:2] + (k,), np.finfo(np.float32).min, np.float32)
+    out[..., retained_classes(k, forget)] = filtered
+    return out
+
+
 @dataclass(frozen=True)
 class ExperimentResult:
     """Every number of one finished experiment, as `metrics.json` keeps it.
 
-    Rows: each method of the experiment, "transfer" when trained, and "floor"; accuracy also has
-    "before" (the model before unlearning on retained-class images), "before_all" (on every test
-    image, as the authors scored it) and "retrained". The advantage summaries and paired
-    differences are computed from the stored attacks (metrics.json holds them too, for the reader)."""
+    Rows: each method of the experiment, "transfer" when trained, KEPT_OUTPUTS when asked for
+    (advantage only) and "floor"; accuracy also has "before" (the model before unlearning on
+    retained-class images), "before_all" (on every test image, as the authors scored it) and
+    "retrained". The advantage summaries and paired differences are computed from the stored
+    attacks (metrics.json holds them too, for the reader)."""
 
     experiment: Experiment
     device: str
@@ -74,11 +84,12 @@ class ExperimentResult:
 
     @functools.cached_property
     def difference_vs_naive(self) -> dict[str, audit.Summary]:
-        """Each method (and transfer) minus naive, paired; empty without a naive row."""
+        """Each method (and transfer) minus naive, paired; empty without a naive row. Not for
+        KEPT_OUTPUTS: it is attacked against another population."""
         if "naive" not in self.attacks:
             return {}
         return {row: audit.difference(res, self.attacks["naive"])
-                for row, res in self.attacks.items() if row not in ("naive", "floor")}
+                for row, res in self.attacks.items() if row not in ("naive", "floor", KEPT_OUTPUTS)}
 
     def to_json(self) -> dict[str, Any]:
         return {"experiment": self.experiment.to_json(), "device": self.device,
@@ -235,7 +246,8 @@ def _run_experiment(exp: Experiment, out: str | Path, device: str, n_jobs: int, 
     kept = retained_classes(k, forget)
 
     started = time.perf_counter()
-    pops = ("seen", "notseen", "transfer") if exp.transfer else ("seen", "notseen")
+    pops = ("seen", "notseen", *(["transfer"] if exp.transfer else []),
+            *(["dropin"] if exp.keep_outputs else []))
     train = functools.partial(train_populations, data=data, out=out, experiment=exp.name,
                               chunk_size=chunk_size, progress=progress, **placement)
     # The floor: a second retrained population, independent through its own seed.
@@ -261,6 +273,11 @@ def _run_experiment(exp: Experiment, out: str | Path, device: str, n_jobs: int, 
     # row -> (attack, its two populations); the floor pools both retrained populations.
     rows = {row: (audit.attack_advantage, row_logits, logits["notseen"])
             for row, row_logits in candidates.items()}
+    if exp.keep_outputs:  # the drop-in model against models retrained with the same k outputs
+        normalized = unlearned.get("normalization")
+        if normalized is None:
+            normalized = unlearn_population(logits["seen"], labels, forget, "normalization")
+        rows[KEPT_OUTPUTS] = (audit.attack_advantage, keep_outputs(normalized, k, forget), logits["dropin"])
     rows["floor"] = (audit.floor_advantage, logits["notseen"], notseen2)
     samples = exp.samples(k)
     attacks: dict[str, audit.AttackResult] = {}

@@ -23,6 +23,10 @@ from linfilt.paper.population import PopulationConfig
 # Bump when a change to the runner changes what an experiment computes.
 RUNNER_VERSION = 2  # 2: the floor is the pooled permutation null
 
+# The row of `Experiment.keep_outputs`: normalization as `linfilt.unlearn(..., keep_outputs=True)`
+# gives it (k outputs, the forgotten ones masked), attacked against the dropin population.
+KEPT_OUTPUTS = "normalization+keep_outputs"
+
 
 def parse_method(label: str) -> tuple[str, int | None]:
     """"normalization@10" -> ("normalization", 10); "naive" -> ("naive", None) (s = all images)."""
@@ -54,13 +58,20 @@ class Experiment:
     seed: int = 0
     note: str = ""
     protocol: str = "ours"  # a key of settings.ATTACK_PROTOCOLS
+    # Also audit the KEPT_OUTPUTS row (and train the dropin population it is attacked against).
+    keep_outputs: bool = False
 
     def __post_init__(self) -> None:
         check_protocol(self.protocol)
 
     def to_json(self) -> dict[str, Any]:
-        """Every field, JSON-ready (the form of experiment.json and of metrics.json's "experiment")."""
-        return {**dataclasses.asdict(self), "forget": list(self.forget), "methods": list(self.methods)}
+        """Every field, JSON-ready (the form of experiment.json and of metrics.json's "experiment");
+        keep_outputs only when set, so that experiments without it keep the form and digests
+        they had before it existed."""
+        d = {**dataclasses.asdict(self), "forget": list(self.forget), "methods": list(self.methods)}
+        if not self.keep_outputs:
+            del d["keep_outputs"]
+        return d
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> Experiment:
@@ -103,8 +114,10 @@ class Experiment:
         return settings.ATTACK_PROTOCOLS[self.protocol]
 
     def rows(self) -> list[str]:
-        """The audited rows besides the floor: every method, in order, then transfer if trained."""
-        return [*self.methods, *(["transfer"] if self.transfer else [])]
+        """The audited rows besides the floor: every method, in order, then transfer if trained,
+        then KEPT_OUTPUTS if asked for."""
+        return [*self.methods, *(["transfer"] if self.transfer else []),
+                *([KEPT_OUTPUTS] if self.keep_outputs else [])]
 
     def population(self, device: str = "cpu", seed: int | None = None) -> PopulationConfig:
         arch_kwargs = {**self.attack_protocol["arch_kwargs"].get(self.dataset, {}), **self.arch_kwargs}
@@ -152,7 +165,9 @@ class Artifact:
     # "advantage" (with paired differences to naive unless `differences` is False), "accuracy",
     # "labels_changed", "figure3" or "inversion"
     layout: str
-    rows: tuple[str, ...] | None = None  # our rows shown (None: all of `Experiment.rows`)
+    # our rows shown (None: all of `Experiment.rows`); naming KEPT_OUTPUTS has `linfilt reproduce`
+    # audit that row (`Experiment.keep_outputs`) for the artefact's experiments
+    rows: tuple[str, ...] | None = None
     paper: Callable[[Experiment], Any] | None = None  # the paper's numbers for an experiment
     differences: bool = True
 
@@ -163,7 +178,7 @@ class Artifact:
 
 _ARTIFACTS = (
     Artifact("table", 1, "advantage, MNIST MLP, naive and normalization", ("mnist",), "advantage",
-             _NAIVE_NORM, _fixed(paper.MNIST_ADVANTAGE)),
+             (*_NAIVE_NORM, KEPT_OUTPUTS), _fixed(paper.MNIST_ADVANTAGE)),
     Artifact("table", 2, "advantage, CIFAR-10 CNN p = 256", ("cifar10-p256",), "advantage",
              ("naive", "normalization", "randomization", "zeroing", "transfer"), _cifar(paper.CIFAR_ADVANTAGE)),
     Artifact("table", 3, "advantage, AT&T ResNet, 4 people forgotten", ("att_faces",), "advantage",
@@ -173,8 +188,8 @@ _ARTIFACTS = (
     Artifact("table", 5, "advantage by p, CIFAR-10", ("cifar10-p64", "cifar10-p256", "cifar10-p1024"),
              "advantage", _NAIVE_NORM, _cifar(paper.CIFAR_TABLE5), differences=False),
     Artifact("table", 6, "labels changed vs naive, CIFAR-10 p = 256", ("cifar10-p256",), "labels_changed"),
-    Artifact("table", 7, "advantage, MNIST MLP, all four methods", ("mnist",), "advantage", None,
-             _fixed(paper.MNIST_ADVANTAGE)),
+    Artifact("table", 7, "advantage, MNIST MLP, all four methods", ("mnist",), "advantage",
+             settings.METHODS, _fixed(paper.MNIST_ADVANTAGE)),
     Artifact("table", 8, "accuracy and loss, MNIST MLP", ("mnist",), "accuracy", None,
              _fixed(paper.MNIST_ACCURACY)),
     Artifact("table", 9, "advantage, CIFAR-10, all settings", ("cifar10-p64", "cifar10-p256", "cifar10-p1024"),
