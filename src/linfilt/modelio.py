@@ -326,7 +326,7 @@ def _format_problem(path: Path) -> str | None:
     if head.startswith(_ZIP_MAGIC) or (len(head) >= 3 and head[0] == 0x80 and 2 <= head[1] <= 5 and head[2]):
         return ("is a PyTorch pickle (torch.save) file, not a linfilt model; linfilt never unpickles model "
                 "files. Load a plain state dict with linfilt.modelio.load_state_dict_file and save it with "
-                "save_model")
+                "save_model (the paper's architectures) or save_weights (any other)")
     if len(head) < 8:
         why = f"it has {size} bytes, fewer than the 8 of a header length"
     elif n > _MAX_HEADER:
