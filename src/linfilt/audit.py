@@ -202,7 +202,8 @@ def check_population(name: str, logits: Any) -> np.ndarray:
     return arr
 
 
-def _labels(labels: Any, n_images: int) -> np.ndarray:
+def check_image_labels(labels: Any, n_images: int) -> np.ndarray:
+    """One class id per test image (shared by the attacks in linfilt.lira and linfilt.probe)."""
     arr = np.asarray(labels)
     if arr.ndim != 1 or arr.shape[0] != n_images:
         raise LinfiltError(
@@ -211,7 +212,8 @@ def _labels(labels: Any, n_images: int) -> np.ndarray:
     return check_labels(arr)
 
 
-def _same_images(first: np.ndarray, second: np.ndarray, names: tuple[str, str]) -> None:
+def check_same_images(first: np.ndarray, second: np.ndarray, names: tuple[str, str]) -> None:
+    """Two populations' logits are on the same test images with the same outputs."""
     if first.shape[1:] != second.shape[1:]:
         raise LinfiltError(
             f"{names[0]} {first.shape} and {names[1]} {second.shape} must have the same number of "
@@ -219,7 +221,8 @@ def _same_images(first: np.ndarray, second: np.ndarray, names: tuple[str, str]) 
         )
 
 
-def _forget(forget: int | Iterable[int]) -> tuple[int, ...]:
+def check_forget_ids(forget: int | Iterable[int]) -> tuple[int, ...]:
+    """The forgotten class ids, validated."""
     return check_class_ids(forget, "forget")
 
 
@@ -258,7 +261,7 @@ def _count(samples: Samples, cls: int, name: str) -> int:
     return check_positive_int(value, f"{name} (class {cls})")
 
 
-def _split_sizes(n_models: int, test_fraction: float, name: str) -> int:
+def split_sizes(n_models: int, test_fraction: float, name: str) -> int:
     """Number of attack-test models: test_fraction of the population, rounded half up."""
     n_test = int(np.floor(test_fraction * n_models + 0.5))
     if n_test < 1 or n_test >= n_models:
@@ -269,7 +272,8 @@ def _split_sizes(n_models: int, test_fraction: float, name: str) -> int:
     return n_test
 
 
-def _entropy(seed: int | np.random.Generator) -> int:
+def seed_entropy(seed: int | np.random.Generator) -> int:
+    """The integer every draw of an attack is seeded from (a Generator gives one draw of it)."""
     if isinstance(seed, np.random.Generator):
         return int(seed.integers(2**63))
     if not is_int(seed) or seed < 0:
@@ -365,7 +369,7 @@ def _attack_sets(
     return AttackSets(*sides[0], *sides[1])
 
 
-def _orders(
+def model_orders(
     entropy: int, repeat: int, fixed_first: bool, sizes: tuple[int, int]
 ) -> tuple[np.ndarray, np.ndarray]:
     """Model orders of both populations in one repeat; the first test_fraction are test models."""
@@ -400,20 +404,20 @@ def draw_attack_sets(
     repeat `repeat`: for inspecting an attack or running one of your own."""
     unlearned = check_population("unlearned", unlearned)
     retrained = check_population("retrained", retrained)
-    _same_images(unlearned, retrained, ("unlearned", "retrained"))
-    labels = _labels(labels, unlearned.shape[1])
+    check_same_images(unlearned, retrained, ("unlearned", "retrained"))
+    labels = check_image_labels(labels, unlearned.shape[1])
     test_fraction = _check_fraction(test_fraction)
     _check_sampling(sampling)
     _check_features(features)
     cls = check_class_id(cls, "cls")
     repeat = check_int(repeat, "repeat", minimum=0)
     n_tests = (
-        _split_sizes(unlearned.shape[0], test_fraction, "unlearned"),
-        _split_sizes(retrained.shape[0], test_fraction, "retrained"),
+        split_sizes(unlearned.shape[0], test_fraction, "unlearned"),
+        split_sizes(retrained.shape[0], test_fraction, "retrained"),
     )
     counts = (_count(train_samples, cls, "train_samples"), _count(test_samples, cls, "test_samples"))
-    entropy = _entropy(seed)
-    orders = _orders(entropy, repeat, fixed_first, (unlearned.shape[0], retrained.shape[0]))
+    entropy = seed_entropy(seed)
+    orders = model_orders(entropy, repeat, fixed_first, (unlearned.shape[0], retrained.shape[0]))
     unlearned, retrained = _featurise(unlearned, features), _featurise(retrained, features)
     return _attack_sets(unlearned, retrained, _class_images(labels, cls), orders, n_tests, counts,
                         replace, disjoint_images, test_fraction, sampling,
@@ -693,9 +697,9 @@ def attack_advantage(
     """
     unlearned = check_population("unlearned", unlearned)
     retrained = check_population("retrained", retrained)
-    _same_images(unlearned, retrained, ("unlearned", "retrained"))
-    labels = _labels(labels, unlearned.shape[1])
-    forget_t = _forget(forget)
+    check_same_images(unlearned, retrained, ("unlearned", "retrained"))
+    labels = check_image_labels(labels, unlearned.shape[1])
+    forget_t = check_forget_ids(forget)
     test_fraction = _check_fraction(test_fraction)
     _check_sampling(sampling)
     _check_features(features)
@@ -725,15 +729,15 @@ def attack_advantage(
     counts = {c: (_count(train_samples, c, "train_samples"), _count(test_samples, c, "test_samples"))
               for c in chosen}
     n_tests = (
-        _split_sizes(unlearned.shape[0], test_fraction, "unlearned"),
-        _split_sizes(retrained.shape[0], test_fraction, "retrained"),
+        split_sizes(unlearned.shape[0], test_fraction, "unlearned"),
+        split_sizes(retrained.shape[0], test_fraction, "retrained"),
     )
-    entropy = _entropy(seed)
+    entropy = seed_entropy(seed)
     unlearned, retrained = _featurise(unlearned, features), _featurise(retrained, features)
 
     def tasks():
         for r in range(repeats):
-            orders = _orders(entropy, r, fixed_first, (unlearned.shape[0], retrained.shape[0]))
+            orders = model_orders(entropy, r, fixed_first, (unlearned.shape[0], retrained.shape[0]))
             for c in chosen:
                 rng = _class_rng(entropy, r, c)
                 sets = _attack_sets(unlearned, retrained, images[c], orders, n_tests, counts[c],
@@ -782,10 +786,10 @@ def floor_advantage(
                                 progress=progress, **kwargs)
     first = check_population("retrained", retrained)
     second = check_population("retrained2", retrained2)
-    _same_images(second, first, ("retrained2", "retrained"))
+    check_same_images(second, first, ("retrained2", "retrained"))
     repeats = check_positive_int(repeats, "repeats")
     kwargs.pop("fixed_first", None)  # each repeat deals new populations: no fixed split to keep
-    entropy = _entropy(seed)
+    entropy = seed_entropy(seed)
     pool = np.concatenate([second, first])
     runs = []
     for r in range(repeats):
@@ -855,8 +859,8 @@ def retained_accuracy_loss(
     unlearning (the paper's "before unlearning" row); it needs all k outputs.
     """
     logits = check_population("logits", logits)
-    labels = _labels(labels, logits.shape[1])
-    forget_t = _forget(forget)
+    labels = check_image_labels(labels, logits.shape[1])
+    forget_t = check_forget_ids(forget)
     outputs = _output_classes(logits.shape[2], num_classes, forget_t)
     if images not in ("retained", "all"):
         raise LinfiltError(f"images must be 'retained' or 'all', got {images!r}")
@@ -909,8 +913,8 @@ def labels_changed(
             f"logits {logits.shape} and naive_logits {naive_logits.shape} must have the same shape: "
             "the same full models, filtered by two methods"
         )
-    labels = _labels(labels, logits.shape[1])
-    forget_t = _forget(forget)
+    labels = check_image_labels(labels, logits.shape[1])
+    forget_t = check_forget_ids(forget)
     outputs = _output_classes(logits.shape[2], num_classes, forget_t)
     pred = logits.argmax(axis=2)
     naive = naive_logits.argmax(axis=2)
@@ -947,8 +951,8 @@ def predicted_distribution(
 ) -> PredictedDistribution:
     """Figure 3: what the models predict for the test images of class `cls` (the forgotten one)."""
     logits = check_population("logits", logits)
-    labels = _labels(labels, logits.shape[1])
-    outputs = _output_classes(logits.shape[2], num_classes, _forget(forget))
+    labels = check_image_labels(labels, logits.shape[1])
+    outputs = _output_classes(logits.shape[2], num_classes, check_forget_ids(forget))
     idx = _class_images(labels, check_class_id(cls, "cls"))
     part = logits[:, idx, :]
     probabilities = np.exp(_log_softmax(part)).mean(axis=1)

@@ -44,7 +44,8 @@ import numpy as np
 from scipy.special import logsumexp
 from sklearn.metrics import roc_auc_score, roc_curve
 
-from linfilt.audit import Estimate, _entropy, _forget, _labels, _same_images, check_population, estimate
+from linfilt.audit import (Estimate, check_forget_ids, check_image_labels, check_population, check_same_images,
+                           estimate, seed_entropy)
 from linfilt.errors import LinfiltError
 from linfilt.validation import check_array, check_float, check_positive_int
 
@@ -174,9 +175,9 @@ def lira_attack(
     """
     unlearned = check_population("unlearned", unlearned)
     retrained = check_population("retrained", retrained)
-    _same_images(unlearned, retrained, ("unlearned", "retrained"))
-    labels = _labels(labels, unlearned.shape[1])
-    forget_t = _forget(forget)
+    check_same_images(unlearned, retrained, ("unlearned", "retrained"))
+    labels = check_image_labels(labels, unlearned.shape[1])
+    forget_t = check_forget_ids(forget)
     missing = [c for c in forget_t if not np.any(labels == c)]
     if missing:
         raise LinfiltError(f"forgotten class(es) {missing} have no test images; the test attacks them")
@@ -195,7 +196,7 @@ def lira_attack(
     targets = _fprs(fprs)
     min_variance = check_float(min_variance, "min_variance", low=0.0, low_open=True)
     estimate(np.zeros(1), interval=interval, level=level)  # validates interval and level up front
-    entropy = _entropy(seed)
+    entropy = seed_entropy(seed)
 
     images = np.flatnonzero(np.isin(labels, forget_t))
     positive_logits = unlearned[:, images].astype(np.float64)

@@ -37,8 +37,8 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
-from linfilt.audit import (DEFAULT_CLASSIFIERS, ClassifierFactory, Estimate, _entropy, _forget, _labels,
-                           _orders, _split_sizes, classifier_advantages, estimate)
+from linfilt.audit import (DEFAULT_CLASSIFIERS, ClassifierFactory, Estimate, check_forget_ids, check_image_labels,
+                           classifier_advantages, estimate, model_orders, seed_entropy, split_sizes)
 from linfilt.errors import LinfiltError
 from linfilt.validation import check_array, check_float, check_n_jobs, check_optional_positive_int, check_positive_int
 
@@ -94,7 +94,7 @@ def _check_attack(
         raise LinfiltError("classifiers is empty; give at least one name -> factory(seed)")
     repeats = check_positive_int(repeats, "repeats")
     test_fraction = check_float(test_fraction, "test_fraction", low=0.0, high=1.0, low_open=True, high_open=True)
-    n_tests = (_split_sizes(sizes[0], test_fraction, "unlearned"), _split_sizes(sizes[1], test_fraction, "retrained"))
+    n_tests = (split_sizes(sizes[0], test_fraction, "unlearned"), split_sizes(sizes[1], test_fraction, "retrained"))
     estimate(np.zeros(1), interval=interval, level=level)  # validates interval and level up front
     return classifiers, repeats, n_tests
 
@@ -105,7 +105,7 @@ def _run_model_attack(
 ) -> np.ndarray:
     out = np.empty((repeats, len(classifiers)))
     for r in range(repeats):
-        order_u, order_r = _orders(entropy, r, False, (len(unlearned), len(retrained)))
+        order_u, order_r = model_orders(entropy, r, False, (len(unlearned), len(retrained)))
         train = np.concatenate([unlearned[order_u[n_tests[0]:]], retrained[order_r[n_tests[1]:]]])
         test = np.concatenate([unlearned[order_u[:n_tests[0]]], retrained[order_r[:n_tests[1]]]])
         y_train = np.r_[np.ones(len(unlearned) - n_tests[0], np.int64), np.zeros(len(retrained) - n_tests[1], np.int64)]
@@ -144,7 +144,7 @@ def model_attack(
                            "every model by the same number of features")
     classifiers, repeats, n_tests = _check_attack((len(unlearned), len(retrained)), classifiers, repeats,
                                                   test_fraction, interval, level)
-    entropy = _entropy(seed)
+    entropy = seed_entropy(seed)
     return ModelAttack(_run_model_attack(unlearned, retrained, classifiers, repeats, n_tests, entropy),
                        tuple(classifiers), str(features), interval, level, entropy)
 
@@ -249,10 +249,10 @@ def probe_accuracy(
     Every model is probed on the same images. n_jobs fits models in parallel.
     """
     features = _features("features", features)
-    labels = _labels(labels, features.shape[1])
-    forget_t = _forget(forget)
+    labels = check_image_labels(labels, features.shape[1])
+    forget_t = check_forget_ids(forget)
     n_jobs = check_n_jobs(n_jobs)
-    split = _probe_split(labels, forget_t, train_fraction, max_images, _entropy(seed))
+    split = _probe_split(labels, forget_t, train_fraction, max_images, seed_entropy(seed))
     return _probe_accuracy(features, labels, forget_t, split, n_jobs)
 
 
@@ -312,10 +312,10 @@ def probe_audit(
     """
     unlearned_features = _features("unlearned_features", unlearned_features)
     retrained_features = _features("retrained_features", retrained_features, unlearned_features.shape[1])
-    labels = _labels(labels, unlearned_features.shape[1])
-    forget_t = _forget(forget)
+    labels = check_image_labels(labels, unlearned_features.shape[1])
+    forget_t = check_forget_ids(forget)
     n_jobs = check_n_jobs(n_jobs)
-    entropy = _entropy(seed)
+    entropy = seed_entropy(seed)
     split = _probe_split(labels, forget_t, train_fraction, max_images, entropy)
     classifiers, repeats, n_tests = _check_attack((len(unlearned_features), len(retrained_features)),
                                                   classifiers, repeats, test_fraction, interval, level)
