@@ -1,6 +1,7 @@
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -40,3 +41,12 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def gaussian_blobs(k: int, per_class: int, dim: int = 8):
+    """(x, y) tensors: per_class points around each of k random centres (seed 0), well separated."""
+    rng = np.random.default_rng(0)
+    centers = rng.normal(0, 3, (k, dim))
+    y = np.repeat(np.arange(k), per_class)
+    x = (centers[y] + rng.normal(0, 1, (len(y), dim))).astype(np.float32)
+    return torch.from_numpy(x), torch.from_numpy(y)

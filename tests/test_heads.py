@@ -7,6 +7,8 @@ import torch.nn.functional as nnf
 from torch import nn
 from torch.nn.utils import parametrizations
 
+from conftest import gaussian_blobs
+
 import linfilt
 from linfilt import LinfiltError, filtration_matrix
 from linfilt.pytorch import CLASSES_BUFFER
@@ -26,11 +28,7 @@ class Net(nn.Module):
 
 @pytest.fixture(scope="module")
 def blobs():
-    rng = np.random.default_rng(0)
-    centers = rng.normal(0, 3, (K, 8))
-    y = np.repeat(np.arange(K), 40)
-    x = (centers[y] + rng.normal(0, 1, (len(y), 8))).astype(np.float32)
-    return torch.from_numpy(x), torch.from_numpy(y)
+    return gaussian_blobs(K, 40)
 
 
 @pytest.fixture(scope="module")

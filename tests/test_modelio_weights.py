@@ -3,12 +3,13 @@ safetensors file, never unpickled; bad or tampered files refused before the mode
 import json
 import types
 
-import numpy as np
 import pytest
 import safetensors
 import safetensors.torch
 import torch
 from torch import nn
+
+from conftest import gaussian_blobs
 
 import linfilt
 from linfilt import FiltrationRecord, LinfiltError, ModelFormatError
@@ -60,11 +61,7 @@ def make(kind="classifier", seed=0, dtype=torch.float32):
 
 @pytest.fixture(scope="module")
 def blobs():
-    rng = np.random.default_rng(0)
-    centers = rng.normal(0, 3, (K, 8))
-    y = np.repeat(np.arange(K), 30)
-    x = (centers[y] + rng.normal(0, 1, (len(y), 8))).astype(np.float32)
-    return torch.from_numpy(x), torch.from_numpy(y)
+    return gaussian_blobs(K, 30)
 
 
 def bits(t):

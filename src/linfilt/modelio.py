@@ -199,16 +199,10 @@ class ModelSpec:
         if not isinstance(history, list):
             raise ModelFormatError(f"history must be a list of filtration records, "
                                    f"got {reprlib.repr(history)}")
-        entries = []
-        for i, h in enumerate(history, 1):
-            with _format_errors(f"history entry {i}: "):
-                if not isinstance(h, dict):
-                    raise ModelFormatError(f"must be an object, got {reprlib.repr(h)}")
-                _check_fields(h, _REQUIRED | _OPTIONAL[version], _REQUIRED, "record")
-                entries.append(FiltrationStep(**h))
+        entries = _parse_steps(history, _REQUIRED | _OPTIONAL[version], _REQUIRED, "history entry", "record")
         return cls(arch=obj["arch"], arch_kwargs=obj["arch_kwargs"],
                    class_ids=tuple(c["id"] for c in classes), class_names=tuple(c["name"] for c in classes),
-                   history=tuple(entries))
+                   history=entries)
 
 
 def _check_fields(obj: dict, known: set[str], required: set[str], what: str) -> None:
@@ -253,13 +247,36 @@ def _build(spec: ModelSpec) -> nn.Module:
     return _build_meta(spec.arch, spec.num_classes, spec.arch_kwargs)
 
 
-def _non_finite(tensors: Mapping[str, torch.Tensor]) -> str | None:
-    """A description of the floating tensors that hold NaN or infinite values, or None."""
+def _refuse_non_finite(tensors: Mapping[str, torch.Tensor], path: Path | None = None) -> None:
+    """Refuse floating tensors holding NaN or infinite values: a LinfiltError before saving them
+    (path None), a ModelFormatError naming the file they were read from."""
     bad = [k for k, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
     if not bad:
-        return None
+        return
     more = f" (so do {bad[1:]})" if len(bad) > 1 else ""
-    return f"weight {bad[0]!r} holds NaN or infinite values{more}"
+    what = f"weight {bad[0]!r} holds NaN or infinite values{more}"
+    if path is not None:
+        raise ModelFormatError(f"{path}: {what}; the file is corrupt (linfilt never saves such a model)")
+    raise LinfiltError(f"cannot save this model: its {what}, so it was not written (a diverged "
+                       "training, or a filtration of an ill-conditioned A?)")
+
+
+def _cpu_copies(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A CPU copy of each tensor: safetensors refuses tensors that share memory (tied weights)."""
+    return {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
+
+
+def _parse_steps(items: list, known: set[str], required: set[str], entry: str, kind: str) -> tuple[FiltrationStep, ...]:
+    """Filtration steps from a JSON list of objects; messages name each as f"{entry} {i}" and its
+    fields as `kind`'s."""
+    steps = []
+    for i, item in enumerate(items, 1):
+        with _format_errors(f"{entry} {i}: "):
+            if not isinstance(item, dict):
+                raise ModelFormatError(f"must be an object, got {reprlib.repr(item)}")
+            _check_fields(item, known, required, kind)
+            steps.append(FiltrationStep(**item))
+    return tuple(steps)
 
 
 def _check_tensors(expected: Mapping[str, torch.Tensor], tensors: Mapping[str, torch.Tensor]) -> None:
@@ -301,13 +318,9 @@ def save_model(path: str | os.PathLike, model: nn.Module, spec: ModelSpec) -> No
         raise LinfiltError(f"the model's outputs are classes {list(record.classes)} but the spec says "
                            f"{list(spec.class_ids)}: after linfilt.unlearn save with spec.after_unlearn(model)")
     # the head's class-id buffer is left out: the spec holds the ids (load_model puts it back)
-    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()
-               if k.rpartition(".")[2] != CLASSES_BUFFER}
+    tensors = _cpu_copies({k: v for k, v in model.state_dict().items() if k.rpartition(".")[2] != CLASSES_BUFFER})
     _check_tensors(_build(spec).state_dict(), tensors)
-    bad = _non_finite(tensors)
-    if bad:
-        raise LinfiltError(f"cannot save this model: its {bad}, so it was not written (a diverged "
-                           "training, or a filtration of an ill-conditioned A?)")
+    _refuse_non_finite(tensors)
     meta = {SPEC_KEY: json.dumps(spec.to_json(), sort_keys=True, allow_nan=False)}
     write_bytes(path, safetensors.torch.save(tensors, metadata=meta))
 
@@ -390,9 +403,7 @@ def load_model(path: str | os.PathLike) -> tuple[nn.Module, ModelSpec]:
         _check_tensors(model.state_dict(), tensors)
     except ModelFormatError as exc:
         raise ModelFormatError(f"{path}: {exc}") from None
-    bad = _non_finite(tensors)
-    if bad:
-        raise ModelFormatError(f"{path}: {bad}; the file is corrupt (linfilt never saves such a model)")
+    _refuse_non_finite(tensors, path)
     model.load_state_dict(tensors, assign=True)  # the file's tensors themselves, dtypes kept
     if any(t.is_meta for t in (*model.parameters(), *model.buffers())):
         raise ModelFormatError(f"{path}: architecture {spec.arch!r} has state that the file cannot hold")
@@ -519,16 +530,10 @@ def _parse_record(text: str) -> FiltrationRecord | None:
     _check_fields(body, {"classes", "steps"}, {"classes", "steps"}, "record")
     if not isinstance(body["steps"], list):
         raise ModelFormatError(f"the record's steps must be a list, got {reprlib.repr(body['steps'])}")
-    steps = []
-    for i, step in enumerate(body["steps"], 1):
-        with _format_errors(f"step {i}: "):
-            if not isinstance(step, dict):
-                raise ModelFormatError(f"must be an object, got {reprlib.repr(step)}")
-            _check_fields(step, _STEP_FIELDS, _STEP_FIELDS, "step")
-            steps.append(FiltrationStep(**step))
+    steps = _parse_steps(body["steps"], _STEP_FIELDS, _STEP_FIELDS, "step", "step")
     with _format_errors("the record's classes: "):
         classes = check_id_list(body["classes"], "class id")
-    return FiltrationRecord(classes, tuple(steps))
+    return FiltrationRecord(classes, steps)
 
 
 def save_weights(path: str | os.PathLike, model: nn.Module) -> None:
@@ -550,17 +555,13 @@ def save_weights(path: str | os.PathLike, model: nn.Module) -> None:
     if extra:
         raise LinfiltError(f"the model's state {reprlib.repr(extra)} is not a tensor (get_extra_state); a "
                            "safetensors file holds tensors only")
-    # a copy of each: safetensors refuses tensors that share memory (tied weights)
-    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
+    tensors = _cpu_copies(state)
     if record is not None:
         try:
             _check_record(record, tensors)
         except LinfiltError as exc:
             raise LinfiltError(f"cannot save this model: {exc}; was it changed after linfilt.unlearn?") from None
-    bad = _non_finite(tensors)
-    if bad:
-        raise LinfiltError(f"cannot save this model: its {bad}, so it was not written (a diverged "
-                           "training, or a filtration of an ill-conditioned A?)")
+    _refuse_non_finite(tensors)
     write_bytes(path, safetensors.torch.save(tensors, metadata={RECORD_KEY: _record_json(record)}))
 
 
@@ -593,9 +594,7 @@ def load_weights(path: str | os.PathLike, model: nn.Module) -> nn.Module:
             _check_record(record, tensors)
     except LinfiltError as exc:
         raise ModelFormatError(f"{path}: {exc}") from None
-    bad = _non_finite(tensors)
-    if bad:
-        raise ModelFormatError(f"{path}: {bad}; the file is corrupt (linfilt never saves such a model)")
+    _refuse_non_finite(tensors, path)
     try:
         model = load_unlearned(model, tensors)
     except (LinfiltError, RuntimeError) as exc:  # RuntimeError: torch's strict load_state_dict
